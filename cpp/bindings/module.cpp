@@ -1,0 +1,59 @@
+// The extension module vptq._core: exception mapping, threads, SIMD level, and
+// the registered binding groups of the other files in this folder.
+#include <algorithm>
+#include <utility>
+
+#include "bind.h"
+#include "vptq/simd.h"
+
+namespace vptq::bind {
+
+namespace {
+std::vector<std::pair<std::string, BindFn>>& registry() {
+  static std::vector<std::pair<std::string, BindFn>> r;
+  return r;
+}
+}  // namespace
+
+Registration::Registration(const char* name, BindFn fn) { registry().emplace_back(name, fn); }
+
+void run_registrations(py::module_& m) {
+  auto r = registry();
+  std::sort(r.begin(), r.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& [name, fn] : r) fn(m);
+}
+
+}  // namespace vptq::bind
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "vptq C++ core (private; use the vptq package)";
+  py::register_exception<vptq::NumericalError>(m, "NumericalError", PyExc_ValueError);
+
+  m.def("set_num_threads", &vptq::set_num_threads, py::arg("n"),
+        "Set the number of threads used by vptq's parallel loops.");
+  m.def("get_num_threads", &vptq::get_num_threads, "Number of threads vptq's parallel loops use.");
+  m.def("simd_level", []() { return std::string(vptq::simd_level_name(vptq::get_simd_level())); },
+        "SIMD level the kernels currently use: 'scalar', 'avx2', 'avx512' or 'neon'.");
+  m.def("set_simd_level",
+        [](const std::string& name) { vptq::set_simd_level(vptq::parse_simd_level(name)); },
+        py::arg("level"), "Force a SIMD level; ValueError if this CPU lacks it.");
+  m.def("cpu_features", []() {
+    const vptq::CpuFeatures f = vptq::cpu_features();
+    py::dict d;
+    d["avx2"] = f.avx2;
+    d["fma"] = f.fma;
+    d["f16c"] = f.f16c;
+    d["avx512f"] = f.avx512f;
+    d["avx512bw"] = f.avx512bw;
+    d["avx512vl"] = f.avx512vl;
+    d["avx512dq"] = f.avx512dq;
+    d["neon"] = f.neon;
+    d["detected"] = std::string(vptq::simd_level_name(vptq::detect_simd_level()));
+    d["selected"] = std::string(vptq::simd_level_name(vptq::get_simd_level()));
+    return d;
+  }, "CPU features seen by the dispatcher and the detected/selected SIMD level.");
+
+  vptq::bind::run_registrations(m);
+}
