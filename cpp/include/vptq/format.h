@@ -38,6 +38,9 @@ struct VQLayout {
 /// outlier_percent in [0, 100); outlier_percent > 0 requires k0 > 0;
 /// (N - outlier_size) divisible by group_num (outlier_size absorbs the remainder
 /// only when outliers are enabled). Throws std::invalid_argument naming the problem.
+/// Outliers are enabled iff k0 > 0: outlier_size = o + (N - o) % group_num with
+/// o = ceil(outlier_percent / 100 * N) (reference get_group_setting); v0 is ignored
+/// and stored as 0 when k0 == 0. Also M >= 1, 1 <= N <= 65536, group_size >= 1.
 VQLayout make_layout(idx_t M, idx_t N, int v, idx_t k1, idx_t k2, double outlier_percent, int v0,
                      idx_t k0, int group_num);
 
@@ -67,10 +70,16 @@ struct VQWeightsView {
   const float* bias = nullptr;   ///< [N] per original column, nullptr = 0
 };
 
-/// Checks pointers against the layout, index ranges and that perm is a permutation.
+/// Checks the layout, pointers present/absent per layout (res_* iff k2 > 0, outlier_* iff k0 > 0;
+/// outlier_indices may be null when outlier_size == 0), every index < its k, perm a permutation of
+/// 0..N-1, centroids/scale/bias finite. Throws std::invalid_argument naming the first offender
+/// (deterministic for any thread count).
 void check_weights(const VQWeightsView& w);
 
-/// Dense reconstruction Ŵ [M, N] exactly per §3.4 (scalar reference; fp32).
+/// Dense reconstruction Ŵ [M, N] exactly per §3.4 (scalar reference; fp32):
+/// q = C[idx] (+ R[ridx]), Ŵ[i, perm[p]] = q * scale[perm[p]] + bias[perm[p]].
+/// Runs check_weights(w) first, so corrupt data throws instead of reading out of bounds.
+/// out: [M, N] row-major.
 void dequantize(const VQWeightsView& w, float* out);
 
 }  // namespace vptq
