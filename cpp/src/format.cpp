@@ -134,6 +134,12 @@ VQLayout make_layout(idx_t M, idx_t N, int v, idx_t k1, idx_t k2, double outlier
   return L;
 }
 
+idx_t packed_row_words(idx_t cols, int b1, int b2) {
+  check_bits(b1, b2);
+  VPTQ_CHECK(cols >= 0, "cols must be >= 0, got ", cols);
+  return words_per_row(cols, b1 + b2);
+}
+
 void pack_indices(const std::uint16_t* idx, const std::uint16_t* ridx, idx_t rows, idx_t cols, int b1, int b2,
                   std::uint32_t* out) {
   check_bits(b1, b2);

@@ -47,6 +47,10 @@ VQLayout make_layout(idx_t M, idx_t N, int v, idx_t k1, idx_t k2, double outlier
 /// Validates a layout read from a file (same rules, outlier/group sizes given).
 void check_layout(const VQLayout& L);
 
+/// Words of one packed row: ceil(cols * (b1 + b2) / 32). Validates b1 in [1, 16],
+/// b2 in [0, 16] and cols >= 0 (std::invalid_argument otherwise).
+idx_t packed_row_words(idx_t cols, int b1, int b2);
+
 /// Packs rows of codes into the official LSB-first 32-bit bitstream (§3.3).
 /// idx, ridx: [rows, cols] (ridx nullable iff b2 == 0); out: [rows, ceil(cols*(b1+b2)/32)].
 /// Throws std::invalid_argument if a code does not fit its width.
