@@ -1,0 +1,109 @@
+// Fused VPTQ GEMV/GEMM for small batches: y = x · Ŵᵀ (+ layer bias) computed
+// straight from indices and codebooks, never materialising Ŵ.
+//
+// A GemvPlan is built once per layer from a VQWeightsView (format.h). It copies
+// everything it needs into a kernel-friendly layout, so the caller may free the
+// originals afterwards:
+//  * x pre-scaling: the kernel consumes xs[b, p] = x[b, perm[p]] · scale[perm[p]]
+//    (permuted, scaled activations) and the norm bias enters as one dot product
+//    Σ_j x[b, j] · bias[j] per batch row, added to every output of that row;
+//  * indices are re-tiled per section (outliers, then each group) as
+//    [row_tile][column][RB] uint16 with RB consecutive row blocks of v rows, so
+//    one column's RB indices are adjacent and the stream is read sequentially;
+//  * codebook entries are padded to 8 (v <= 8) or 16 (v <= 16) floats; they are
+//    kept as fp32, or as fp16 / bf16 when that storage is exact for every value
+//    (lossless) and the fp32 table would not fit in L2 (65536-entry codebooks).
+//
+// Numerics (the contract the tests check): every output is accumulated in fp32,
+// sequentially over permuted columns p = 0..N-1 (outliers first, then the groups
+// in order), main then residual term per column, then the norm-bias dot product
+// and the layer bias are added. All SIMD levels use this exact order; they differ
+// from the scalar reference only by fused multiply-add rounding, so for an
+// output with n = N (+ N_res) accumulated terms t_k:
+//   |y_simd - y_scalar| <= 2 · (n + 2) · 2^-24 · (Σ_k |t_k| + |Σ x·bias| + |layer bias|).
+// Results are bit-identical for any thread count (row tiles are fixed, each
+// output is computed by one thread). NaN/Inf in x propagate as in a dense BLAS
+// product: a non-finite x[b, j] makes (essentially) every y[b, :] non-finite.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "vptq/common.h"
+#include "vptq/format.h"
+#include "vptq/simd.h"
+
+namespace vptq {
+
+/// Storage type of a widened codebook inside a GemvPlan.
+enum class CodebookStorage : int { F32 = 0, F16 = 1, BF16 = 2 };
+const char* codebook_storage_name(CodebookStorage s);
+
+/// Plan-construction options (defaults are what the library uses).
+struct GemvOptions {
+  /// Codebooks whose fp32 padded table is larger than this many bytes are
+  /// stored as fp16 or bf16 when that is exact for all their values.
+  std::size_t compact_codebook_bytes = 256 * 1024;
+  /// Allow fp16/bf16 storage at all (false: always fp32).
+  bool allow_compact_codebooks = true;
+};
+
+namespace detail {
+struct GemvSection;  // defined in cpp/src/kernels/gemv_kernels.h
+}
+
+/// A quantized Linear prepared for fast y = x · Ŵᵀ + bias on the CPU.
+class GemvPlan {
+ public:
+  /// w: validated with check_weights() (corrupt input throws std::invalid_argument).
+  /// layer_bias: [M] or nullptr.
+  explicit GemvPlan(const VQWeightsView& w, const float* layer_bias = nullptr,
+                    const GemvOptions& opt = GemvOptions());
+  ~GemvPlan();
+  GemvPlan(GemvPlan&&) noexcept;
+  GemvPlan& operator=(GemvPlan&&) noexcept;
+  GemvPlan(const GemvPlan&) = delete;
+  GemvPlan& operator=(const GemvPlan&) = delete;
+
+  idx_t in_features() const { return N_; }
+  idx_t out_features() const { return M_; }
+  const VQLayout& layout() const { return layout_; }
+
+  /// y = x · Ŵᵀ + bias with the current get_simd_level().
+  /// x: [batch, N] row-major fp32; y: [batch, M] row-major fp32 (written, not read).
+  /// batch >= 1 (std::invalid_argument otherwise). Any batch size works; it is
+  /// processed in register tiles of up to 4 rows.
+  void forward(const float* x, idx_t batch, float* y) const;
+  /// Same with an explicit SIMD level (must be supported by this CPU).
+  void forward(const float* x, idx_t batch, float* y, SimdLevel level) const;
+
+  /// Dense Ŵ [M, N] (original column order) reconstructed from the plan's own
+  /// buffers; equals vptq::dequantize() of the source up to the codebook storage
+  /// (which is lossless by construction). out: [M, N].
+  void dequantize(float* out) const;
+
+  /// Bytes held by the plan (indices + codebooks + vectors).
+  std::size_t memory_bytes() const;
+  /// Bytes of indices + codebooks the kernel streams per forward (for GB/s figures).
+  std::size_t kernel_bytes() const;
+  /// Storage chosen for the main codebooks ("f32", "f16", "bf16").
+  std::string codebook_storage() const;
+
+ private:
+  void prescale(const float* x, idx_t batch, float* xs, float* xb) const;
+
+  VQLayout layout_;
+  idx_t M_ = 0, N_ = 0;
+  idx_t task_rows_ = 0;  ///< rows per parallel task (fixed: independent of thread count)
+  idx_t num_tasks_ = 0;
+  std::vector<idx_t> perm_;      ///< [N]
+  std::vector<float> scale_;     ///< [N] per original column (1 if absent)
+  std::vector<float> nbias_;     ///< [N] per original column, empty if absent
+  std::vector<float> lbias_;     ///< [M] layer bias, empty if absent
+  std::vector<detail::GemvSection> sections_;  ///< outliers (if any) then groups
+};
+
+}  // namespace vptq

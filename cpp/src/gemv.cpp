@@ -1,0 +1,394 @@
+// GemvPlan: builds the kernel layout from a VQWeightsView and runs the fused
+// y = x · Ŵᵀ + bias with the SIMD level chosen at run time. Also holds the
+// scalar reference tile kernel (the specification of what the SIMD ones compute).
+#include "vptq/gemv.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <utility>
+
+#include "kernels/gemv_kernels.h"
+
+namespace vptq {
+
+const char* codebook_storage_name(CodebookStorage s) {
+  switch (s) {
+    case CodebookStorage::F32:
+      return "f32";
+    case CodebookStorage::F16:
+      return "f16";
+    case CodebookStorage::BF16:
+      return "bf16";
+  }
+  return "unknown";
+}
+
+namespace detail {
+
+float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exp = (h >> 10) & 0x1fu;
+  const std::uint32_t mant = h & 0x3ffu;
+  std::uint32_t u;
+  if (exp == 0) {
+    if (mant == 0) {
+      u = sign;
+    } else {
+      const float f = std::ldexp(static_cast<float>(mant), -24);
+      std::memcpy(&u, &f, sizeof(u));
+      u |= sign;
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | (mant << 13);
+  } else {
+    u = sign | ((exp + 112u) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+std::uint16_t float_to_half_exact_or(float f, bool* exact) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const std::uint16_t sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
+  const int exp8 = static_cast<int>((u >> 23) & 0xffu);
+  const std::uint32_t mant = u & 0x7fffffu;
+  std::uint16_t h = 0;
+  bool ok = false;
+  if (exp8 == 0) {
+    ok = mant == 0;  // +-0 (float subnormals are far below the fp16 range)
+    h = sign;
+  } else if (exp8 != 255) {
+    const int e = exp8 - 127;
+    if (e >= -14 && e <= 15) {
+      ok = (mant & 0x1fffu) == 0;
+      h = static_cast<std::uint16_t>(sign | ((e + 15) << 10) | (mant >> 13));
+    } else if (e >= -24 && e < -14) {
+      const std::uint32_t full = mant | 0x800000u;
+      const int shift = -(e + 1);  // value = full * 2^(e - 23) = m * 2^-24
+      ok = shift < 32 && (full & ((1u << shift) - 1u)) == 0;
+      h = static_cast<std::uint16_t>(sign | (full >> shift));
+    }
+  }
+  if (ok) ok = half_to_float(h) == f;
+  *exact = ok;
+  return h;
+}
+
+namespace {
+
+template <class Load>
+void tile_scalar_body(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld,
+                      Load load) {
+  const int v = a.v, vp = a.vp, rb = a.rb;
+  for (idx_t b = 0; b < batch; ++b) {
+    float* out = acc + b * ld;
+    const float* xr = xs + b * ldx;
+    for (idx_t c = 0; c < a.cols; ++c) {
+      const float x = xr[c];
+      const std::uint16_t* ip = a.idx + c * rb;
+      const std::uint16_t* rp = a.ridx != nullptr ? a.ridx + c * rb : nullptr;
+      for (int r = 0; r < rb; ++r) {
+        const idx_t off = static_cast<idx_t>(ip[r]) * vp;
+        float* o = out + r * v;
+        if (rp == nullptr) {
+          for (int l = 0; l < v; ++l) o[l] += x * load(a.cb, off + l);
+        } else {
+          const idx_t roff = static_cast<idx_t>(rp[r]) * vp;
+          for (int l = 0; l < v; ++l) {
+            o[l] += x * load(a.cb, off + l);
+            o[l] += x * load(a.rcb, roff + l);
+          }
+        }
+      }
+    }
+  }
+}
+
+float load_f32(const void* p, idx_t i) { return static_cast<const float*>(p)[i]; }
+float load_f16(const void* p, idx_t i) { return half_to_float(static_cast<const std::uint16_t*>(p)[i]); }
+float load_bf16(const void* p, idx_t i) { return bf16_to_float(static_cast<const std::uint16_t*>(p)[i]); }
+
+idx_t lcm(idx_t a, idx_t b) { return a / std::gcd(a, b) * b; }
+
+/// Chooses the storage of a section's codebooks (main + residual together).
+CodebookStorage choose_storage(const float* cb, idx_t n, const float* rcb, idx_t rn, std::size_t padded_bytes,
+                               const GemvOptions& opt) {
+  if (!opt.allow_compact_codebooks || padded_bytes <= opt.compact_codebook_bytes) return CodebookStorage::F32;
+  bool f16 = true, bf16 = true;
+  auto scan = [&](const float* p, idx_t m) {
+    for (idx_t i = 0; i < m && (f16 || bf16); ++i) {
+      bool ex = false;
+      if (f16) {
+        float_to_half_exact_or(p[i], &ex);
+        f16 = ex;
+      }
+      if (bf16) {
+        std::uint32_t u;
+        std::memcpy(&u, &p[i], sizeof(u));
+        bf16 = (u & 0xffffu) == 0;
+      }
+    }
+  };
+  scan(cb, n);
+  if (rcb != nullptr) scan(rcb, rn);
+  if (f16) return CodebookStorage::F16;
+  if (bf16) return CodebookStorage::BF16;
+  return CodebookStorage::F32;
+}
+
+/// Widens/pads a [k, v] codebook into [k, vp] storage.
+void widen_codebook(const float* src, idx_t k, int v, int vp, CodebookStorage st, std::vector<float>* f32,
+                    std::vector<std::uint16_t>* h16) {
+  const std::size_t n = static_cast<std::size_t>(k) * static_cast<std::size_t>(vp);
+  if (st == CodebookStorage::F32) {
+    f32->assign(n, 0.0f);
+    for (idx_t i = 0; i < k; ++i)
+      for (int l = 0; l < v; ++l) (*f32)[static_cast<std::size_t>(i * vp + l)] = src[i * v + l];
+  } else {
+    h16->assign(n, 0);
+    for (idx_t i = 0; i < k; ++i)
+      for (int l = 0; l < v; ++l) {
+        const float f = src[i * v + l];
+        std::uint16_t h;
+        if (st == CodebookStorage::F16) {
+          bool ex = false;
+          h = float_to_half_exact_or(f, &ex);
+        } else {
+          std::uint32_t u;
+          std::memcpy(&u, &f, sizeof(u));
+          h = static_cast<std::uint16_t>(u >> 16);
+        }
+        (*h16)[static_cast<std::size_t>(i * vp + l)] = h;
+      }
+  }
+}
+
+/// Re-tiles src [num_blocks, cols] (row stride cols) into [num_tiles, cols, rb].
+void tile_indices(const std::uint16_t* src, idx_t num_blocks, idx_t cols, int rb, idx_t num_tiles,
+                  std::vector<std::uint16_t>* dst) {
+  dst->assign(static_cast<std::size_t>(num_tiles * cols * rb), 0);
+  for (idx_t t = 0; t < num_tiles; ++t)
+    for (int r = 0; r < rb; ++r) {
+      const idx_t blk = t * rb + r;
+      if (blk >= num_blocks) break;
+      const std::uint16_t* s = src + blk * cols;
+      std::uint16_t* d = dst->data() + t * cols * rb + r;
+      for (idx_t c = 0; c < cols; ++c) d[c * rb] = s[c];
+    }
+}
+
+GemvSection make_section(int v, idx_t M, idx_t col_begin, idx_t cols, idx_t k, idx_t kr, const float* cb,
+                         const float* rcb, const std::uint16_t* idx, const std::uint16_t* ridx,
+                         const GemvOptions& opt) {
+  GemvSection s;
+  s.v = v;
+  s.vp = v <= 8 ? 8 : 16;
+  s.rb = v <= 8 ? 8 : 4;
+  s.col_begin = col_begin;
+  s.cols = cols;
+  s.num_blocks = (M + v - 1) / v;
+  s.num_tiles = (s.num_blocks + s.rb - 1) / s.rb;
+  s.k = k;
+  s.kr = kr;
+  const std::size_t padded = static_cast<std::size_t>(k + kr) * static_cast<std::size_t>(s.vp) * sizeof(float);
+  s.storage = choose_storage(cb, k * v, rcb, kr * v, padded, opt);
+  widen_codebook(cb, k, v, s.vp, s.storage, &s.cb32, &s.cb16);
+  if (kr > 0) widen_codebook(rcb, kr, v, s.vp, s.storage, &s.rcb32, &s.rcb16);
+  tile_indices(idx, s.num_blocks, cols, s.rb, s.num_tiles, &s.idx);
+  if (kr > 0) tile_indices(ridx, s.num_blocks, cols, s.rb, s.num_tiles, &s.ridx);
+  return s;
+}
+
+TileArgs tile_args(const GemvSection& s, idx_t tile) {
+  TileArgs a;
+  a.v = s.v;
+  a.vp = s.vp;
+  a.rb = s.rb;
+  a.cols = s.cols;
+  a.storage = s.storage;
+  a.cb = s.cb();
+  a.rcb = s.rcb();
+  a.idx = s.idx.data() + tile * s.cols * s.rb;
+  a.ridx = s.kr > 0 ? s.ridx.data() + tile * s.cols * s.rb : nullptr;
+  return a;
+}
+
+TileKernel pick_kernel(SimdLevel level) {
+  switch (level) {
+#if defined(__x86_64__) || defined(__i386__)
+    case SimdLevel::AVX512:
+      return &gemv_tile_avx512;
+    case SimdLevel::AVX2:
+      return &gemv_tile_avx2;
+#endif
+    default:
+      return &gemv_tile_scalar;
+  }
+}
+
+}  // namespace
+
+void gemv_tile_scalar(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
+  switch (a.storage) {
+    case CodebookStorage::F32:
+      tile_scalar_body(a, xs, ldx, batch, acc, ld, load_f32);
+      break;
+    case CodebookStorage::F16:
+      tile_scalar_body(a, xs, ldx, batch, acc, ld, load_f16);
+      break;
+    case CodebookStorage::BF16:
+      tile_scalar_body(a, xs, ldx, batch, acc, ld, load_bf16);
+      break;
+  }
+}
+
+}  // namespace detail
+
+GemvPlan::GemvPlan(const VQWeightsView& w, const float* layer_bias, const GemvOptions& opt) {
+  check_weights(w);
+  const VQLayout& L = w.layout;
+  layout_ = L;
+  M_ = L.M;
+  N_ = L.N;
+  VPTQ_CHECK(L.outlier_size == 0 || L.k0 > 0, "GemvPlan: outlier_size ", L.outlier_size,
+             " > 0 requires an outlier codebook (k0 > 0), got k0 = ", L.k0);
+  VPTQ_CHECK(L.outlier_size + static_cast<idx_t>(L.group_num) * L.group_size == L.N,
+             "GemvPlan: expected outlier_size + group_num * group_size == N = ", L.N, ", got ",
+             L.outlier_size, " + ", L.group_num, " * ", L.group_size);
+
+  perm_.resize(static_cast<std::size_t>(N_));
+  for (idx_t p = 0; p < N_; ++p) perm_[static_cast<std::size_t>(p)] = w.perm != nullptr ? w.perm[p] : p;
+  scale_.assign(static_cast<std::size_t>(N_), 1.0f);
+  if (w.scale != nullptr) std::copy(w.scale, w.scale + N_, scale_.begin());
+  if (w.bias != nullptr) nbias_.assign(w.bias, w.bias + N_);
+  if (layer_bias != nullptr) lbias_.assign(layer_bias, layer_bias + M_);
+
+  if (L.outlier_size > 0) {
+    sections_.push_back(detail::make_section(L.v0, M_, 0, L.outlier_size, L.k0, 0, w.outlier_centroids, nullptr,
+                                             w.outlier_indices, nullptr, opt));
+  }
+  const idx_t nb = L.num_indices();
+  for (int g = 0; g < L.group_num; ++g) {
+    const idx_t off = static_cast<idx_t>(g) * nb * L.group_size;
+    sections_.push_back(detail::make_section(
+        L.v, M_, L.outlier_size + g * L.group_size, L.group_size, L.k1, L.k2, w.centroids + g * L.k1 * L.v,
+        L.k2 > 0 ? w.res_centroids + g * L.k2 * L.v : nullptr, w.indices + off,
+        L.k2 > 0 ? w.res_indices + off : nullptr, opt));
+  }
+  idx_t tr = 1;
+  for (const auto& s : sections_) tr = detail::lcm(tr, s.tile_rows());
+  task_rows_ = tr * std::max<idx_t>(1, (128 + tr - 1) / tr);
+  num_tasks_ = (M_ + task_rows_ - 1) / task_rows_;
+}
+
+GemvPlan::~GemvPlan() = default;
+GemvPlan::GemvPlan(GemvPlan&&) noexcept = default;
+GemvPlan& GemvPlan::operator=(GemvPlan&&) noexcept = default;
+
+void GemvPlan::prescale(const float* x, idx_t batch, float* xs, float* xb) const {
+  for (idx_t b = 0; b < batch; ++b) {
+    const float* xr = x + b * N_;
+    float* o = xs + b * N_;
+    for (idx_t p = 0; p < N_; ++p) {
+      const idx_t j = perm_[static_cast<std::size_t>(p)];
+      o[p] = xr[j] * scale_[static_cast<std::size_t>(j)];
+    }
+    double s = 0.0;
+    if (!nbias_.empty())
+      for (idx_t j = 0; j < N_; ++j) s += static_cast<double>(xr[j]) * nbias_[static_cast<std::size_t>(j)];
+    xb[b] = static_cast<float>(s);
+  }
+}
+
+void GemvPlan::forward(const float* x, idx_t batch, float* y) const { forward(x, batch, y, get_simd_level()); }
+
+void GemvPlan::forward(const float* x, idx_t batch, float* y, SimdLevel level) const {
+  VPTQ_CHECK(batch >= 1, "GemvPlan::forward: expected batch >= 1, got ", batch);
+  VPTQ_CHECK(x != nullptr && y != nullptr, "GemvPlan::forward: x and y must not be null");
+  VPTQ_CHECK(simd_level_supported(level), "GemvPlan::forward: SIMD level ", simd_level_name(level),
+             " is not supported on this CPU");
+  const detail::TileKernel kern = detail::pick_kernel(level);
+  std::vector<float> xs(static_cast<std::size_t>(batch * N_));  // [batch, N] permuted, scaled
+  std::vector<float> xb(static_cast<std::size_t>(batch));       // [batch] Σ x·bias
+  prescale(x, batch, xs.data(), xb.data());
+  const idx_t ld = task_rows_ + 16;
+  parallel_for(num_tasks_, [&](idx_t t) {
+    std::vector<float> acc(static_cast<std::size_t>(batch * ld), 0.0f);  // [batch, ld]
+    const idx_t row0 = t * task_rows_;
+    for (const auto& s : sections_) {
+      const idx_t th = s.tile_rows();
+      const idx_t first = row0 / th;
+      const idx_t last = std::min(s.num_tiles, first + task_rows_ / th);
+      for (idx_t tt = first; tt < last; ++tt) {
+        const detail::TileArgs a = detail::tile_args(s, tt);
+        kern(a, xs.data() + s.col_begin, N_, batch, acc.data() + (tt * th - row0), ld);
+      }
+    }
+    const idx_t rows = std::min(task_rows_, M_ - row0);
+    for (idx_t b = 0; b < batch; ++b) {
+      const float* ar = acc.data() + b * ld;
+      float* yr = y + b * M_ + row0;
+      const float xbb = xb[static_cast<std::size_t>(b)];
+      if (lbias_.empty()) {
+        for (idx_t i = 0; i < rows; ++i) yr[i] = ar[i] + xbb;
+      } else {
+        const float* lb = lbias_.data() + row0;
+        for (idx_t i = 0; i < rows; ++i) yr[i] = (ar[i] + xbb) + lb[i];
+      }
+    }
+  });
+}
+
+void GemvPlan::dequantize(float* out) const {
+  VPTQ_CHECK(out != nullptr, "GemvPlan::dequantize: out must not be null");
+  for (const auto& s : sections_) {
+    auto load = [&](bool res, idx_t i) -> float {
+      if (s.storage == CodebookStorage::F32) return res ? s.rcb32[static_cast<std::size_t>(i)] : s.cb32[static_cast<std::size_t>(i)];
+      const std::uint16_t h = res ? s.rcb16[static_cast<std::size_t>(i)] : s.cb16[static_cast<std::size_t>(i)];
+      return s.storage == CodebookStorage::F16 ? detail::half_to_float(h) : detail::bf16_to_float(h);
+    };
+    for (idx_t t = 0; t < s.num_tiles; ++t)
+      for (idx_t c = 0; c < s.cols; ++c) {
+        const idx_t j = perm_[static_cast<std::size_t>(s.col_begin + c)];
+        const float sc = scale_[static_cast<std::size_t>(j)];
+        const float bi = nbias_.empty() ? 0.0f : nbias_[static_cast<std::size_t>(j)];
+        for (int r = 0; r < s.rb; ++r) {
+          const std::size_t pos = static_cast<std::size_t>((t * s.cols + c) * s.rb + r);
+          const idx_t off = static_cast<idx_t>(s.idx[pos]) * s.vp;
+          const idx_t roff = s.kr > 0 ? static_cast<idx_t>(s.ridx[pos]) * s.vp : 0;
+          for (int l = 0; l < s.v; ++l) {
+            const idx_t row = (t * s.rb + r) * s.v + l;
+            if (row >= M_) break;
+            float q = load(false, off + l);
+            if (s.kr > 0) q += load(true, roff + l);
+            out[row * N_ + j] = q * sc + bi;
+          }
+        }
+      }
+  }
+}
+
+std::size_t GemvPlan::kernel_bytes() const {
+  std::size_t n = 0;
+  for (const auto& s : sections_) {
+    n += (s.idx.size() + s.ridx.size()) * sizeof(std::uint16_t);
+    n += (s.cb32.size() + s.rcb32.size()) * sizeof(float) + (s.cb16.size() + s.rcb16.size()) * sizeof(std::uint16_t);
+  }
+  return n;
+}
+
+std::size_t GemvPlan::memory_bytes() const {
+  return kernel_bytes() + perm_.size() * sizeof(idx_t) + (scale_.size() + nbias_.size() + lbias_.size()) * sizeof(float) +
+         sections_.size() * sizeof(detail::GemvSection);
+}
+
+std::string GemvPlan::codebook_storage() const {
+  if (sections_.empty()) return "f32";
+  return codebook_storage_name(sections_.back().storage);
+}
+
+}  // namespace vptq

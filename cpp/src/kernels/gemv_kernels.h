@@ -1,0 +1,73 @@
+// Private: the internal (kernel-friendly) layout of a GemvPlan section and the
+// per-ISA section kernels. Only cpp/src/gemv.cpp and the kernel TUs include this.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "vptq/common.h"
+#include "vptq/gemv.h"
+
+namespace vptq::detail {
+
+/// One block of permuted columns sharing a codebook: the outliers or one group.
+struct GemvSection {
+  int v = 0;     ///< vector length (rows per block)
+  int vp = 0;    ///< padded entry length in floats: 8 (v <= 8) or 16 (v <= 16)
+  int rb = 0;    ///< row blocks per index tile
+  idx_t col_begin = 0;   ///< first permuted column
+  idx_t cols = 0;        ///< number of permuted columns
+  idx_t num_blocks = 0;  ///< ceil(M / v)
+  idx_t num_tiles = 0;   ///< ceil(num_blocks / rb)
+  idx_t k = 0, kr = 0;   ///< main / residual codebook sizes (kr = 0: none)
+  CodebookStorage storage = CodebookStorage::F32;
+  std::vector<float> cb32, rcb32;          ///< [k, vp], [kr, vp] when storage == F32
+  std::vector<std::uint16_t> cb16, rcb16;  ///< [k, vp], [kr, vp] (fp16 or bf16 bits) otherwise
+  std::vector<std::uint16_t> idx;   ///< [num_tiles, cols, rb] (padding blocks hold 0)
+  std::vector<std::uint16_t> ridx;  ///< same shape, empty without residual
+
+  idx_t tile_rows() const { return static_cast<idx_t>(rb) * v; }
+  const void* cb() const { return storage == CodebookStorage::F32 ? static_cast<const void*>(cb32.data()) : cb16.data(); }
+  const void* rcb() const {
+    if (kr == 0) return nullptr;
+    return storage == CodebookStorage::F32 ? static_cast<const void*>(rcb32.data()) : rcb16.data();
+  }
+};
+
+/// Arguments of one section kernel call = one index tile of one section.
+struct TileArgs {
+  int v = 0, vp = 0, rb = 0;
+  idx_t cols = 0;
+  CodebookStorage storage = CodebookStorage::F32;
+  const void* cb = nullptr;             ///< [k, vp] main codebook (type per storage)
+  const void* rcb = nullptr;            ///< [kr, vp] residual codebook or nullptr
+  const std::uint16_t* idx = nullptr;   ///< [cols, rb] this tile's main indices
+  const std::uint16_t* ridx = nullptr;  ///< [cols, rb] residual indices or nullptr
+};
+
+/// Accumulates one tile: for b < batch, block r < rb, lane l < v, column c < cols:
+///   acc[b*ld + r*v + l] += xs[b*ldx + c] * (cb[idx[c*rb+r]][l]) (+ xs * rcb[ridx][l], separately)
+/// sequentially in c. xs: [batch, ldx] (column 0 = the section's first column);
+/// acc: [batch, ld] with ld >= rb*v + 16 addressable floats per row (lanes past v are
+/// never modified).
+using TileKernel = void (*)(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc,
+                            idx_t ld);
+
+void gemv_tile_scalar(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld);
+#if defined(__x86_64__) || defined(__i386__)
+void gemv_tile_avx2(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld);
+void gemv_tile_avx512(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld);
+#endif
+
+/// fp16 / bf16 bit patterns <-> float (exact; portable scalar code).
+float half_to_float(std::uint16_t h);
+std::uint16_t float_to_half_exact_or(float f, bool* exact);
+inline float bf16_to_float(std::uint16_t h) {
+  const std::uint32_t u = static_cast<std::uint32_t>(h) << 16;
+  float f;
+  static_assert(sizeof(f) == sizeof(u), "float is 32-bit");
+  __builtin_memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+}  // namespace vptq::detail

@@ -1,0 +1,152 @@
+// Shared body of the x86 SIMD tile kernels (AVX2 and AVX-512 translation units).
+// The including TU defines, before including this file:
+//   VPTQ_GEMV_NS        namespace name for its copy of the templates
+//   VPTQ_GEMV_RBS1_NV1  row blocks per register tile, batch 1, v <= 8
+//   VPTQ_GEMV_RBSB_NV1  row blocks per register tile, batch >= 2, v <= 8
+//   VPTQ_GEMV_RBS1_NV2  ... batch 1, 8 < v <= 16
+//   VPTQ_GEMV_RBSB_NV2  ... batch >= 2, 8 < v <= 16
+//   VPTQ_GEMV_BT        batch rows per register tile (batch >= 2)
+// Each must divide the plan's rb (8 for v <= 8, 4 for v > 8).
+// Works on 8-float ymm vectors: one codebook entry is NV = vp / 8 vectors. The
+// AVX-512 TU compiles the same body with larger register tiles (AVX-512VL gives
+// 32 vector registers).
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "kernels/gemv_kernels.h"
+
+namespace vptq::detail::VPTQ_GEMV_NS {
+
+template <CodebookStorage S>
+inline __m256 load_entry8(const void* cb, std::uint32_t off) {
+  if constexpr (S == CodebookStorage::F32) {
+    return _mm256_loadu_ps(static_cast<const float*>(cb) + off);
+  } else if constexpr (S == CodebookStorage::F16) {
+    return _mm256_cvtph_ps(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const std::uint16_t*>(cb) + off)));
+  } else {
+    const __m128i h =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const std::uint16_t*>(cb) + off));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+}
+
+/// One register tile: RBS row blocks starting at block r0, BT batch rows.
+/// masks[h]: lanes of entry vector h that belong to the block (v lanes in total).
+template <int NV, CodebookStorage S, bool RES, int RBS, int BT>
+inline void tile_block(const TileArgs& a, int r0, const float* xs, idx_t ldx, float* acc, idx_t ld,
+                       const __m256i* masks) {
+  constexpr int VP = 8 * NV;
+  const int v = a.v;
+  const int rb = a.rb;
+  __m256 A[BT][RBS][NV];
+  for (int b = 0; b < BT; ++b)
+    for (int r = 0; r < RBS; ++r)
+      for (int h = 0; h < NV; ++h)
+        A[b][r][h] = _mm256_maskload_ps(acc + b * ld + (r0 + r) * v + 8 * h, masks[h]);
+
+  const std::uint16_t* ip = a.idx + r0;
+  const std::uint16_t* rp = RES ? a.ridx + r0 : nullptr;
+  const void* cb = a.cb;
+  const void* rcb = a.rcb;
+  const idx_t cols = a.cols;
+  for (idx_t c = 0; c < cols; ++c) {
+    __m256 X[BT];
+    for (int b = 0; b < BT; ++b) X[b] = _mm256_broadcast_ss(xs + b * ldx + c);
+#pragma GCC unroll 16
+    for (int r = 0; r < RBS; ++r) {
+      const std::uint32_t off = static_cast<std::uint32_t>(ip[r]) * VP;
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) {
+        const __m256 C = load_entry8<S>(cb, off + 8 * h);
+#pragma GCC unroll 4
+        for (int b = 0; b < BT; ++b) A[b][r][h] = _mm256_fmadd_ps(X[b], C, A[b][r][h]);
+      }
+      if constexpr (RES) {
+        const std::uint32_t roff = static_cast<std::uint32_t>(rp[r]) * VP;
+#pragma GCC unroll 2
+        for (int h = 0; h < NV; ++h) {
+          const __m256 R = load_entry8<S>(rcb, roff + 8 * h);
+#pragma GCC unroll 4
+          for (int b = 0; b < BT; ++b) A[b][r][h] = _mm256_fmadd_ps(X[b], R, A[b][r][h]);
+        }
+      }
+    }
+    ip += rb;
+    if constexpr (RES) rp += rb;
+  }
+
+  for (int b = 0; b < BT; ++b)
+    for (int r = 0; r < RBS; ++r)
+      for (int h = 0; h < NV; ++h)
+        _mm256_maskstore_ps(acc + b * ld + (r0 + r) * v + 8 * h, masks[h], A[b][r][h]);
+}
+
+template <int NV, CodebookStorage S, bool RES, int RBS, int BT>
+inline void tile_rows(const TileArgs& a, const float* xs, idx_t ldx, float* acc, idx_t ld,
+                      const __m256i* masks) {
+  for (int r0 = 0; r0 < a.rb; r0 += RBS) tile_block<NV, S, RES, RBS, BT>(a, r0, xs, ldx, acc, ld, masks);
+}
+
+template <int NV, CodebookStorage S, bool RES>
+void tile_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
+  constexpr int RBS1 = NV == 1 ? VPTQ_GEMV_RBS1_NV1 : VPTQ_GEMV_RBS1_NV2;
+  constexpr int RBSB = NV == 1 ? VPTQ_GEMV_RBSB_NV1 : VPTQ_GEMV_RBSB_NV2;
+  constexpr int BT = VPTQ_GEMV_BT;
+  __m256i masks[NV];
+  for (int h = 0; h < NV; ++h) {
+    const int n = a.v - 8 * h;  // valid lanes in this vector (>= 1 since v > 8 * (NV - 1))
+    masks[h] = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  idx_t b = 0;
+  for (; b + BT <= batch; b += BT)
+    tile_rows<NV, S, RES, RBSB, BT>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+  const idx_t rem = batch - b;
+  if constexpr (BT > 2) {
+    if (rem == 2) {
+      tile_rows<NV, S, RES, RBSB, 2>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+      return;
+    }
+  }
+  if constexpr (BT > 3) {
+    if (rem == 3) {
+      tile_rows<NV, S, RES, RBSB, 3>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+      return;
+    }
+  }
+  if (rem == 1) tile_rows<NV, S, RES, RBS1, 1>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+}
+
+template <int NV, CodebookStorage S>
+void tile_dispatch_res(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
+  if (a.rcb != nullptr)
+    tile_impl<NV, S, true>(a, xs, ldx, batch, acc, ld);
+  else
+    tile_impl<NV, S, false>(a, xs, ldx, batch, acc, ld);
+}
+
+template <int NV>
+void tile_dispatch_storage(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc,
+                           idx_t ld) {
+  switch (a.storage) {
+    case CodebookStorage::F32:
+      tile_dispatch_res<NV, CodebookStorage::F32>(a, xs, ldx, batch, acc, ld);
+      break;
+    case CodebookStorage::F16:
+      tile_dispatch_res<NV, CodebookStorage::F16>(a, xs, ldx, batch, acc, ld);
+      break;
+    case CodebookStorage::BF16:
+      tile_dispatch_res<NV, CodebookStorage::BF16>(a, xs, ldx, batch, acc, ld);
+      break;
+  }
+}
+
+inline void tile(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
+  if (a.vp == 8)
+    tile_dispatch_storage<1>(a, xs, ldx, batch, acc, ld);
+  else
+    tile_dispatch_storage<2>(a, xs, ldx, batch, acc, ld);
+}
+
+}  // namespace vptq::detail::VPTQ_GEMV_NS
