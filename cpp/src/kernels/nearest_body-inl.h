@@ -1,0 +1,126 @@
+// Private: the fused nearest-centroid kernel body shared by the per-ISA translation
+// units (nearest_avx2.cpp, nearest_avx512.cpp). Include only from a TU compiled with the
+// matching ISA flags; `V` is a traits struct of that TU:
+//   V::reg, V::W (lanes), load(p), set1(v), fmadd(a, b, c) = a*b + c, min(a, b),
+//   any_lt(a, b) (some lane a < b), store(p, a).
+//
+// Algorithm, per query q and per chunk of 4 registers (4*W centroids):
+//   acc_u = ||c||² + Σ_j c_j * (-2 q_j)          (4 independent FMA chains)
+//   m     = lane-wise min of acc_0..acc_3
+//   if any lane of m < best (broadcast): spill the chunk, scan it in index order.
+// The running best rarely improves (O(log k) times per query), so the common path is
+// 4*d FMAs + 3 min + 1 compare per 4*W centroids. Ties: strict '<' in index order keeps
+// the lowest index. Centroids are walked in tiles that fit in L1, with a block of
+// queries per tile (the best per query carried over between tiles), and QN queries
+// share each centroid load.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <utility>
+
+#include "kernels/nearest_kernels.h"
+
+namespace vptq::kernels::nearest_body {
+
+template <class V, int D, int QN>
+inline void run_tile(const NearestCodebook& cb, const float* x /*[QN, D]*/, idx_t c_begin, idx_t c_end,
+                     float* best /*[QN] in/out*/, std::int32_t* besti /*[QN] in/out*/) {
+  using reg = typename V::reg;
+  constexpr int W = V::W;
+  constexpr int CH = 4 * W;
+  constexpr int B = kNearestBlock;
+  reg qb[QN][D];
+  reg bv[QN];
+#pragma GCC unroll 4
+  for (int qi = 0; qi < QN; ++qi) {
+#pragma GCC unroll 16
+    for (int j = 0; j < D; ++j) qb[qi][j] = V::set1(-2.0f * x[qi * D + j]);
+    bv[qi] = V::set1(best[qi]);
+  }
+  alignas(64) float spill[CH];
+  for (idx_t c0 = c_begin; c0 < c_end; c0 += CH) {
+    const float* base = cb.cb + (c0 / B) * D * B;
+    reg acc[QN][4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      const reg nr = V::load(cb.norms + c0 + u * W);
+#pragma GCC unroll 4
+      for (int qi = 0; qi < QN; ++qi) acc[qi][u] = nr;
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < D; ++j) {
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        const reg c = V::load(base + ((u * W) / B) * D * B + j * B + (u * W) % B);
+#pragma GCC unroll 4
+        for (int qi = 0; qi < QN; ++qi) acc[qi][u] = V::fmadd(c, qb[qi][j], acc[qi][u]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int qi = 0; qi < QN; ++qi) {
+      const reg m = V::min(V::min(acc[qi][0], acc[qi][1]), V::min(acc[qi][2], acc[qi][3]));
+      if (V::any_lt(m, bv[qi])) {
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) V::store(spill + u * W, acc[qi][u]);
+        float b = best[qi];
+        int l_best = -1;
+        for (int l = 0; l < CH; ++l) {
+          if (spill[l] < b) {
+            b = spill[l];
+            l_best = l;
+          }
+        }
+        if (l_best >= 0) {
+          best[qi] = b;
+          besti[qi] = static_cast<std::int32_t>(c0 + l_best);
+          bv[qi] = V::set1(b);
+        }
+      }
+    }
+  }
+}
+
+template <class V, int D, int QN>
+void search_fixed(const NearestCodebook& cb, const float* x /*[n, D]*/, idx_t n, std::int32_t* idx /*[n]*/) {
+  constexpr int CH = 4 * V::W;
+  constexpr idx_t QB = 128;  // queries per pass over the centroid tiles
+  // Centroid tile kept in L1: (D + 1) floats per centroid, ~16 KB.
+  constexpr idx_t T = std::max<idx_t>(CH, (16384 / ((D + 1) * 4)) / CH * CH);
+  float best[QB];
+  std::int32_t besti[QB];
+  for (idx_t q0 = 0; q0 < n; q0 += QB) {
+    const idx_t nq = std::min(QB, n - q0);
+    for (idx_t q = 0; q < nq; ++q) {
+      best[q] = std::numeric_limits<float>::infinity();
+      besti[q] = 0;
+    }
+    for (idx_t t0 = 0; t0 < cb.kpad; t0 += T) {
+      const idx_t t1 = std::min(cb.kpad, t0 + T);
+      idx_t q = 0;
+      for (; q + QN <= nq; q += QN)
+        run_tile<V, D, QN>(cb, x + (q0 + q) * D, t0, t1, best + q, besti + q);
+      for (; q < nq; ++q) run_tile<V, D, 1>(cb, x + (q0 + q) * D, t0, t1, best + q, besti + q);
+    }
+    std::copy(besti, besti + nq, idx + q0);
+  }
+}
+
+using SearchFn = void (*)(const NearestCodebook&, const float*, idx_t, std::int32_t*);
+
+template <class V, int QN, int... Ds>
+constexpr SearchFn pick(int d, std::integer_sequence<int, Ds...>) {
+  SearchFn fn = nullptr;
+  ((fn = (d == Ds + 1) ? &search_fixed<V, Ds + 1, QN> : fn), ...);
+  return fn;
+}
+
+/// Entry used by each ISA TU: dispatches on d (1..16) to the unrolled instance.
+template <class V, int QN>
+void search(const NearestCodebook& cb, const float* x, idx_t n, std::int32_t* idx) {
+  const SearchFn fn = pick<V, QN>(cb.d, std::make_integer_sequence<int, 16>{});
+  if (fn) fn(cb, x, n, idx);
+}
+
+}  // namespace vptq::kernels::nearest_body
