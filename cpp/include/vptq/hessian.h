@@ -40,8 +40,9 @@ struct HessianPrepParams {
   double percdamp = 0.01;
   /// Act-order: permute columns by descending diagonal (stable, ties keep original order).
   bool act_order = true;
-  /// If the damped matrix is not positive definite, damping is multiplied by 10
-  /// until it exceeds this (relative to mean diagonal); then NumericalError.
+  /// If the damped matrix is not positive definite (or its inverse factor overflows
+  /// float32), damping is multiplied by 10 (from 1e-6 when percdamp is 0) until it
+  /// exceeds this (relative to mean diagonal); then NumericalError.
   double max_percdamp = 10.0;
 };
 
@@ -65,12 +66,17 @@ struct PreparedHessian {
   std::vector<float> U;
 };
 
-/// H: row-major n*n, symmetric (only the lower triangle is read), finite, diag >= 0.
-/// Throws std::invalid_argument for bad input and NumericalError if no damping
-/// up to max_percdamp makes it positive definite.
+/// H: row-major n*n, finite, diag >= 0, symmetric: the values are taken from the lower
+/// triangle; the upper one must match it up to accumulation rounding
+/// (|H_ij - H_ji| <= 1e-3·sqrt(H_ii H_jj) + 1e-6·(|H_ij| + |H_ji|)).
+/// Throws std::invalid_argument for bad input (incl. an all-zero diagonal) and
+/// NumericalError if no damping up to max_percdamp makes it positive definite.
+/// The damping is relative to the mean normalised diagonal before the dead-column fix (= 1),
+/// i.e. damp = percdamp in normalised units. Deterministic for any thread count.
 PreparedHessian prepare_hessian(const double* H, idx_t n, const HessianPrepParams& params = {});
 
-/// Proxy loss tr((W - Wq) H (W - Wq)ᵀ) for W, Wq row-major [M, N], H row-major [N, N].
+/// Proxy loss tr((W - Wq) H (W - Wq)ᵀ) for W, Wq row-major [M, N], H row-major [N, N]
+/// (all of H is used). Computed in float64 over blocks of 32 rows; deterministic.
 double proxy_loss(const float* W, const float* Wq, idx_t M, idx_t N, const double* H);
 
 }  // namespace vptq
