@@ -14,7 +14,7 @@ constexpr idx_t kMaxCentroids = 65536;  // indices are uint16
 constexpr idx_t kMaxColumns = 65536;    // perm is stored as uint16 bits
 constexpr int kMinVecLen = 2;
 constexpr int kMaxVecLen = 16;
-// Permuted columns handled by one task of dequantize().
+// Original columns handled by one task of dequantize().
 constexpr idx_t kDequantColBlock = 64;
 
 bool is_pow2_in_range(idx_t k) { return k >= 2 && k <= kMaxCentroids && (k & (k - 1)) == 0; }
@@ -67,6 +67,35 @@ void check_index_range(const char* name, const std::uint16_t* a, idx_t rows, idx
 void check_finite(const char* name, const float* a, idx_t n) {
   for (idx_t i = 0; i < n; ++i)
     VPTQ_CHECK(std::isfinite(a[i]), name, ": expected finite values, got ", a[i], " at position ", i);
+}
+
+/// Group-column part of dequantize() for original columns [j0, j1) (one task).
+/// col_off[q]: offset of column j0+q's indices in row block 0 (g*R*gs + c), or -1 if it
+/// is an outlier column; cb_off/rcb_off: offsets (in vectors) of its group's codebooks.
+template <bool kResidual>
+void dequant_group_rows(const VQWeightsView& w, idx_t j0, idx_t j1, const idx_t* col_off,
+                        const idx_t* cb_off, const idx_t* rcb_off, float* out) {
+  const VQLayout& L = w.layout;
+  const idx_t M = L.M, N = L.N, v = L.v, gs = L.group_size, R = L.num_indices();
+  for (idx_t r = 0; r < R; ++r) {
+    const idx_t t_end = std::min(v, M - r * v);
+    float* orow = out + r * v * N;
+    for (idx_t j = j0; j < j1; ++j) {
+      const idx_t q = j - j0;
+      if (col_off[q] < 0) continue;
+      const idx_t flat = col_off[q] + r * gs;
+      const float* cv = w.centroids + (cb_off[q] + static_cast<idx_t>(w.indices[flat])) * v;
+      const float* rv = kResidual ? w.res_centroids + (rcb_off[q] + static_cast<idx_t>(w.res_indices[flat])) * v
+                                  : nullptr;
+      const float s = w.scale != nullptr ? w.scale[j] : 1.0f;
+      const float b = w.bias != nullptr ? w.bias[j] : 0.0f;
+      for (idx_t t = 0; t < t_end; ++t) {
+        float x = cv[t];
+        if constexpr (kResidual) x = x + rv[t];
+        orow[t * N + j] = x * s + b;
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -283,46 +312,53 @@ void dequantize(const VQWeightsView& w, float* out) {
   check_weights(w);  // also guarantees every table lookup below is in bounds
   const VQLayout& L = w.layout;
   VPTQ_CHECK(out != nullptr, "dequantize: out must not be null");
-  const idx_t M = L.M, N = L.N, v = L.v, v0 = L.v0, gs = L.group_size, os = L.outlier_size;
-  const idx_t R = L.num_indices();
+  const idx_t M = L.M, N = L.N, v0 = L.v0, gs = L.group_size, os = L.outlier_size;
+  const idx_t R = L.num_indices(), R0 = L.num_outlier_indices();
   const bool residual = L.k2 > 0;
-  const idx_t nblocks = (N + kDequantColBlock - 1) / kDequantColBlock;
 
-  // Each task owns a block of permuted columns p; they map to distinct original
-  // columns perm[p], so tasks never write the same output element.
+  // inv[j] = permuted position of original column j (perm validated above).
+  std::vector<idx_t> inv(static_cast<std::size_t>(N));
+  for (idx_t p = 0; p < N; ++p) inv[static_cast<std::size_t>(w.perm != nullptr ? w.perm[p] : p)] = p;
+
+  // Each task owns a block of ORIGINAL columns j, so output rows are written in
+  // contiguous runs and no two tasks touch the same element. Every element is
+  // computed by the same expression whatever the blocking: thread-count independent.
+  const idx_t nblocks = (N + kDequantColBlock - 1) / kDequantColBlock;
   parallel_for(nblocks, [&](idx_t blk) {
-    const idx_t p_end = std::min(N, (blk + 1) * kDequantColBlock);
-    for (idx_t p = blk * kDequantColBlock; p < p_end; ++p) {
-      const idx_t j = w.perm != nullptr ? w.perm[p] : p;
-      const float s = w.scale != nullptr ? w.scale[j] : 1.0f;
-      const float b = w.bias != nullptr ? w.bias[j] : 0.0f;
+    const idx_t j0 = blk * kDequantColBlock;
+    const idx_t j1 = std::min(N, j0 + kDequantColBlock);
+    // Per column of the block, hoisted out of the row loop: offset of its
+    // indices in row block 0 (g*R*gs + c) and of its group's codebooks, or -1 for outliers.
+    idx_t col_off[kDequantColBlock], cb_off[kDequantColBlock], rcb_off[kDequantColBlock];
+    for (idx_t j = j0; j < j1; ++j) {
+      const idx_t p = inv[static_cast<std::size_t>(j)];
+      const idx_t q = j - j0;
       if (p < os) {
-        const idx_t R0 = L.num_outlier_indices();
-        for (idx_t r = 0; r < R0; ++r) {
-          const float* cv = w.outlier_centroids + static_cast<idx_t>(w.outlier_indices[r * os + p]) * v0;
-          const idx_t t_end = std::min(v0, M - r * v0);
-          for (idx_t t = 0; t < t_end; ++t) {
-            const float q = cv[t];
-            out[(r * v0 + t) * N + j] = q * s + b;
-          }
-        }
-      } else {
-        const idx_t g = (p - os) / gs;
-        const idx_t c = (p - os) % gs;
-        const float* C = w.centroids + g * L.k1 * v;
-        const float* Rc = residual ? w.res_centroids + g * L.k2 * v : nullptr;
-        const std::uint16_t* ix = w.indices + g * R * gs + c;
-        const std::uint16_t* rx = residual ? w.res_indices + g * R * gs + c : nullptr;
-        for (idx_t r = 0; r < R; ++r) {
-          const float* cv = C + static_cast<idx_t>(ix[r * gs]) * v;
-          const float* rv = residual ? Rc + static_cast<idx_t>(rx[r * gs]) * v : nullptr;
-          const idx_t t_end = std::min(v, M - r * v);
-          for (idx_t t = 0; t < t_end; ++t) {
-            float q = cv[t];
-            if (residual) q = q + rv[t];
-            out[(r * v + t) * N + j] = q * s + b;
-          }
-        }
+        col_off[q] = -1;
+        continue;
+      }
+      const idx_t g = (p - os) / gs;
+      col_off[q] = g * R * gs + (p - os) % gs;
+      cb_off[q] = g * L.k1;
+      rcb_off[q] = g * L.k2;
+    }
+    // Group columns: row block r covers output rows [r*v, min(M, r*v + v)).
+    if (residual)
+      dequant_group_rows<true>(w, j0, j1, col_off, cb_off, rcb_off, out);
+    else
+      dequant_group_rows<false>(w, j0, j1, col_off, cb_off, rcb_off, out);
+    // Outlier columns (permuted positions [0, outlier_size)), row blocks of v0.
+    if (os == 0) return;
+    for (idx_t r = 0; r < R0; ++r) {
+      const idx_t t_end = std::min(v0, M - r * v0);
+      float* orow = out + r * v0 * N;
+      for (idx_t j = j0; j < j1; ++j) {
+        const idx_t p = inv[static_cast<std::size_t>(j)];
+        if (p >= os) continue;
+        const float* cv = w.outlier_centroids + static_cast<idx_t>(w.outlier_indices[r * os + p]) * v0;
+        const float s = w.scale != nullptr ? w.scale[j] : 1.0f;
+        const float b = w.bias != nullptr ? w.bias[j] : 0.0f;
+        for (idx_t t = 0; t < t_end; ++t) orow[t * N + j] = cv[t] * s + b;
       }
     }
   });

@@ -451,6 +451,7 @@ TEST(FormatDequant, independent_of_thread_count) {
   vptq::dequantize(w.view(), b.data());
   vptq::set_num_threads(saved);
   EXPECT_EQ(a, b);
+  EXPECT_EQ(a, naive_dequant(w.view()));
 }
 
 TEST(FormatWeights, check_weights_rejects_corrupt_data) {
