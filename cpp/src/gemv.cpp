@@ -84,27 +84,28 @@ template <class Load>
 void tile_scalar_body(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld,
                       Load load) {
   const int v = a.v, vp = a.vp, rb = a.rb;
+  const idx_t mult = a.premul ? 1 : vp;
+  std::vector<float> rsum(a.ridx != nullptr ? static_cast<std::size_t>(rb * v) : 0);  // [rb * v]
   for (idx_t b = 0; b < batch; ++b) {
     float* out = acc + b * ld;
     const float* xr = xs + b * ldx;
+    std::fill(rsum.begin(), rsum.end(), 0.0f);
     for (idx_t c = 0; c < a.cols; ++c) {
       const float x = xr[c];
       const std::uint16_t* ip = a.idx + c * rb;
       const std::uint16_t* rp = a.ridx != nullptr ? a.ridx + c * rb : nullptr;
       for (int r = 0; r < rb; ++r) {
-        const idx_t off = static_cast<idx_t>(ip[r]) * vp;
+        const idx_t off = static_cast<idx_t>(ip[r]) * mult;
         float* o = out + r * v;
-        if (rp == nullptr) {
-          for (int l = 0; l < v; ++l) o[l] += x * load(a.cb, off + l);
-        } else {
-          const idx_t roff = static_cast<idx_t>(rp[r]) * vp;
-          for (int l = 0; l < v; ++l) {
-            o[l] += x * load(a.cb, off + l);
-            o[l] += x * load(a.rcb, roff + l);
-          }
+        for (int l = 0; l < v; ++l) o[l] += x * load(a.cb, off + l);
+        if (rp != nullptr) {
+          const idx_t roff = static_cast<idx_t>(rp[r]) * mult;
+          float* ro = rsum.data() + r * v;
+          for (int l = 0; l < v; ++l) ro[l] += x * load(a.rcb, roff + l);
         }
       }
     }
+    for (std::size_t i = 0; i < rsum.size(); ++i) out[i] += rsum[i];
   }
 }
 
@@ -141,8 +142,8 @@ CodebookStorage choose_storage(const float* cb, idx_t n, const float* rcb, idx_t
 }
 
 /// Widens/pads a [k, v] codebook into [k, vp] storage.
-void widen_codebook(const float* src, idx_t k, int v, int vp, CodebookStorage st, std::vector<float>* f32,
-                    std::vector<std::uint16_t>* h16) {
+void widen_codebook(const float* src, idx_t k, int v, int vp, CodebookStorage st, aligned_vector<float>* f32,
+                    aligned_vector<std::uint16_t>* h16) {
   const std::size_t n = static_cast<std::size_t>(k) * static_cast<std::size_t>(vp);
   if (st == CodebookStorage::F32) {
     f32->assign(n, 0.0f);
@@ -167,8 +168,8 @@ void widen_codebook(const float* src, idx_t k, int v, int vp, CodebookStorage st
   }
 }
 
-/// Re-tiles src [num_blocks, cols] (row stride cols) into [num_tiles, cols, rb].
-void tile_indices(const std::uint16_t* src, idx_t num_blocks, idx_t cols, int rb, idx_t num_tiles,
+/// Re-tiles src [num_blocks, cols] (row stride cols) into [num_tiles, cols, rb], times mult.
+void tile_indices(const std::uint16_t* src, idx_t num_blocks, idx_t cols, int rb, idx_t num_tiles, int mult,
                   std::vector<std::uint16_t>* dst) {
   dst->assign(static_cast<std::size_t>(num_tiles * cols * rb), 0);
   for (idx_t t = 0; t < num_tiles; ++t)
@@ -177,7 +178,7 @@ void tile_indices(const std::uint16_t* src, idx_t num_blocks, idx_t cols, int rb
       if (blk >= num_blocks) break;
       const std::uint16_t* s = src + blk * cols;
       std::uint16_t* d = dst->data() + t * cols * rb + r;
-      for (idx_t c = 0; c < cols; ++c) d[c * rb] = s[c];
+      for (idx_t c = 0; c < cols; ++c) d[c * rb] = static_cast<std::uint16_t>(s[c] * mult);
     }
 }
 
@@ -198,8 +199,10 @@ GemvSection make_section(int v, idx_t M, idx_t col_begin, idx_t cols, idx_t k, i
   s.storage = choose_storage(cb, k * v, rcb, kr * v, padded, opt);
   widen_codebook(cb, k, v, s.vp, s.storage, &s.cb32, &s.cb16);
   if (kr > 0) widen_codebook(rcb, kr, v, s.vp, s.storage, &s.rcb32, &s.rcb16);
-  tile_indices(idx, s.num_blocks, cols, s.rb, s.num_tiles, &s.idx);
-  if (kr > 0) tile_indices(ridx, s.num_blocks, cols, s.rb, s.num_tiles, &s.ridx);
+  s.premul = std::max(k, kr) * s.vp <= 65536;
+  const int mult = s.premul ? s.vp : 1;
+  tile_indices(idx, s.num_blocks, cols, s.rb, s.num_tiles, mult, &s.idx);
+  if (kr > 0) tile_indices(ridx, s.num_blocks, cols, s.rb, s.num_tiles, mult, &s.ridx);
   return s;
 }
 
@@ -210,6 +213,7 @@ TileArgs tile_args(const GemvSection& s, idx_t tile) {
   a.rb = s.rb;
   a.cols = s.cols;
   a.storage = s.storage;
+  a.premul = s.premul;
   a.cb = s.cb();
   a.rcb = s.rcb();
   a.idx = s.idx.data() + tile * s.cols * s.rb;
@@ -358,8 +362,9 @@ void GemvPlan::dequantize(float* out) const {
         const float bi = nbias_.empty() ? 0.0f : nbias_[static_cast<std::size_t>(j)];
         for (int r = 0; r < s.rb; ++r) {
           const std::size_t pos = static_cast<std::size_t>((t * s.cols + c) * s.rb + r);
-          const idx_t off = static_cast<idx_t>(s.idx[pos]) * s.vp;
-          const idx_t roff = s.kr > 0 ? static_cast<idx_t>(s.ridx[pos]) * s.vp : 0;
+          const idx_t mult = s.premul ? 1 : s.vp;
+          const idx_t off = static_cast<idx_t>(s.idx[pos]) * mult;
+          const idx_t roff = s.kr > 0 ? static_cast<idx_t>(s.ridx[pos]) * mult : 0;
           for (int l = 0; l < s.v; ++l) {
             const idx_t row = (t * s.rb + r) * s.v + l;
             if (row >= M_) break;

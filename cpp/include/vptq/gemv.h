@@ -16,10 +16,12 @@
 //
 // Numerics (the contract the tests check): every output is accumulated in fp32,
 // sequentially over permuted columns p = 0..N-1 (outliers first, then the groups
-// in order), main then residual term per column, then the norm-bias dot product
-// and the layer bias are added. All SIMD levels use this exact order; they differ
-// from the scalar reference only by fused multiply-add rounding, so for an
-// output with n = N (+ N_res) accumulated terms t_k:
+// in order); within a group with a residual codebook, the residual terms are summed
+// separately (from 0, sequentially) and added after the group's main terms; then
+// the norm-bias dot product (computed in double, rounded once) and the layer bias
+// are added. All SIMD levels use this exact order; they differ from the scalar
+// reference only by fused multiply-add rounding, so for an output with
+// n = N (+ N with a residual) accumulated terms t_k:
 //   |y_simd - y_scalar| <= 2 · (n + 2) · 2^-24 · (Σ_k |t_k| + |Σ x·bias| + |layer bias|).
 // Results are bit-identical for any thread count (row tiles are fixed, each
 // output is computed by one thread). NaN/Inf in x propagate as in a dense BLAS
@@ -46,7 +48,7 @@ const char* codebook_storage_name(CodebookStorage s);
 struct GemvOptions {
   /// Codebooks whose fp32 padded table is larger than this many bytes are
   /// stored as fp16 or bf16 when that is exact for all their values.
-  std::size_t compact_codebook_bytes = 256 * 1024;
+  std::size_t compact_codebook_bytes = 32 * 1024;
   /// Allow fp16/bf16 storage at all (false: always fp32).
   bool allow_compact_codebooks = true;
 };

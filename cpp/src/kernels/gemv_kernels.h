@@ -2,13 +2,35 @@
 // per-ISA section kernels. Only cpp/src/gemv.cpp and the kernel TUs include this.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <new>
 #include <vector>
 
 #include "vptq/common.h"
 #include "vptq/gemv.h"
 
 namespace vptq::detail {
+
+/// 64-byte aligned allocator: codebook entries (32/64 bytes) must never straddle
+/// a cache line (a split load costs two).
+template <class T>
+struct CacheAlignedAllocator {
+  using value_type = T;
+  CacheAlignedAllocator() = default;
+  template <class U>
+  CacheAlignedAllocator(const CacheAlignedAllocator<U>&) noexcept {}  // NOLINT
+  T* allocate(std::size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64}));
+  }
+  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, std::align_val_t{64}); }
+  template <class U>
+  bool operator==(const CacheAlignedAllocator<U>&) const noexcept { return true; }
+  template <class U>
+  bool operator!=(const CacheAlignedAllocator<U>&) const noexcept { return false; }
+};
+template <class T>
+using aligned_vector = std::vector<T, CacheAlignedAllocator<T>>;
 
 /// One block of permuted columns sharing a codebook: the outliers or one group.
 struct GemvSection {
@@ -21,9 +43,11 @@ struct GemvSection {
   idx_t num_tiles = 0;   ///< ceil(num_blocks / rb)
   idx_t k = 0, kr = 0;   ///< main / residual codebook sizes (kr = 0: none)
   CodebookStorage storage = CodebookStorage::F32;
-  std::vector<float> cb32, rcb32;          ///< [k, vp], [kr, vp] when storage == F32
-  std::vector<std::uint16_t> cb16, rcb16;  ///< [k, vp], [kr, vp] (fp16 or bf16 bits) otherwise
-  std::vector<std::uint16_t> idx;   ///< [num_tiles, cols, rb] (padding blocks hold 0)
+  /// Indices are stored pre-multiplied by vp (entry offsets) when max(k, kr) * vp <= 65536.
+  bool premul = false;
+  aligned_vector<float> cb32, rcb32;          ///< [k, vp], [kr, vp] when storage == F32
+  aligned_vector<std::uint16_t> cb16, rcb16;  ///< [k, vp], [kr, vp] (fp16 or bf16 bits) otherwise
+  std::vector<std::uint16_t> idx;   ///< [num_tiles, cols, rb] (padding blocks hold 0), times vp if premul
   std::vector<std::uint16_t> ridx;  ///< same shape, empty without residual
 
   idx_t tile_rows() const { return static_cast<idx_t>(rb) * v; }
@@ -39,14 +63,17 @@ struct TileArgs {
   int v = 0, vp = 0, rb = 0;
   idx_t cols = 0;
   CodebookStorage storage = CodebookStorage::F32;
+  bool premul = false;                  ///< idx/ridx hold entry offsets (index * vp)
   const void* cb = nullptr;             ///< [k, vp] main codebook (type per storage)
   const void* rcb = nullptr;            ///< [kr, vp] residual codebook or nullptr
   const std::uint16_t* idx = nullptr;   ///< [cols, rb] this tile's main indices
   const std::uint16_t* ridx = nullptr;  ///< [cols, rb] residual indices or nullptr
 };
 
-/// Accumulates one tile: for b < batch, block r < rb, lane l < v, column c < cols:
-///   acc[b*ld + r*v + l] += xs[b*ldx + c] * (cb[idx[c*rb+r]][l]) (+ xs * rcb[ridx][l], separately)
+/// Accumulates one tile: for b < batch, block r < rb, lane l < v (o = b*ld + r*v + l):
+///   acc[o] = (acc[o] + Σ_c xs[b*ldx + c] · cb[idx[c*rb+r]][l]) + Σ_c xs[b*ldx + c] · rcb[ridx[c*rb+r]][l]
+/// with both sums accumulated sequentially in c (the residual sum starts at 0).
+/// (with premul, idx holds index * vp, i.e. the entry's offset in floats/halves)
 /// sequentially in c. xs: [batch, ldx] (column 0 = the section's first column);
 /// acc: [batch, ld] with ld >= rb*v + 16 addressable floats per row (lanes past v are
 /// never modified).

@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/gemv_kernels.h"
 
@@ -32,19 +33,42 @@ inline __m256 load_entry8(const void* cb, std::uint32_t off) {
   }
 }
 
+/// Loads min(RBS, 4) consecutive uint16 indices into the low bits of a 64-bit word.
+template <int RBS>
+inline std::uint64_t load_idx4(const std::uint16_t* p) {
+  std::uint64_t w = 0;
+  std::memcpy(&w, p, sizeof(std::uint16_t) * (RBS < 4 ? RBS : 4));
+  return w;
+}
+
 /// One register tile: RBS row blocks starting at block r0, BT batch rows.
 /// masks[h]: lanes of entry vector h that belong to the block (v lanes in total).
-template <int NV, CodebookStorage S, bool RES, int RBS, int BT>
+template <int NV, CodebookStorage S, bool RES, bool PRE, int RBS, int BT>
 inline void tile_block(const TileArgs& a, int r0, const float* xs, idx_t ldx, float* acc, idx_t ld,
                        const __m256i* masks) {
   constexpr int VP = 8 * NV;
   const int v = a.v;
   const int rb = a.rb;
+  // All loops over the register tile are fully unrolled so that A lives in registers.
   __m256 A[BT][RBS][NV];
+#pragma GCC unroll 4
   for (int b = 0; b < BT; ++b)
+#pragma GCC unroll 16
     for (int r = 0; r < RBS; ++r)
+#pragma GCC unroll 2
       for (int h = 0; h < NV; ++h)
         A[b][r][h] = _mm256_maskload_ps(acc + b * ld + (r0 + r) * v + 8 * h, masks[h]);
+  // Residual terms go to their own accumulators (summed into A at the end): this
+  // halves the FMA dependency chains per accumulator.
+  __m256 Bres[RES ? BT : 1][RES ? RBS : 1][NV];
+  if constexpr (RES) {
+#pragma GCC unroll 4
+    for (int b = 0; b < BT; ++b)
+#pragma GCC unroll 16
+      for (int r = 0; r < RBS; ++r)
+#pragma GCC unroll 2
+        for (int h = 0; h < NV; ++h) Bres[b][r][h] = _mm256_setzero_ps();
+  }
 
   const std::uint16_t* ip = a.idx + r0;
   const std::uint16_t* rp = RES ? a.ridx + r0 : nullptr;
@@ -53,10 +77,21 @@ inline void tile_block(const TileArgs& a, int r0, const float* xs, idx_t ldx, fl
   const idx_t cols = a.cols;
   for (idx_t c = 0; c < cols; ++c) {
     __m256 X[BT];
+#pragma GCC unroll 4
     for (int b = 0; b < BT; ++b) X[b] = _mm256_broadcast_ss(xs + b * ldx + c);
+    // Indices are read 4 at a time (one 64-bit load, fields extracted in registers):
+    // this trades load-port pressure, the bottleneck, for cheap ALU work.
+    constexpr int NW = (RBS + 3) / 4;
+    std::uint64_t w[NW], rw[NW];
+#pragma GCC unroll 4
+    for (int q = 0; q < NW; ++q) {
+      w[q] = load_idx4<RBS>(ip + 4 * q);
+      if constexpr (RES) rw[q] = load_idx4<RBS>(rp + 4 * q);
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < RBS; ++r) {
-      const std::uint32_t off = static_cast<std::uint32_t>(ip[r]) * VP;
+      const std::uint32_t i0 = static_cast<std::uint32_t>(w[r / 4] >> (16 * (r % 4))) & 0xffffu;
+      const std::uint32_t off = PRE ? i0 : i0 * VP;
 #pragma GCC unroll 2
       for (int h = 0; h < NV; ++h) {
         const __m256 C = load_entry8<S>(cb, off + 8 * h);
@@ -64,12 +99,13 @@ inline void tile_block(const TileArgs& a, int r0, const float* xs, idx_t ldx, fl
         for (int b = 0; b < BT; ++b) A[b][r][h] = _mm256_fmadd_ps(X[b], C, A[b][r][h]);
       }
       if constexpr (RES) {
-        const std::uint32_t roff = static_cast<std::uint32_t>(rp[r]) * VP;
+        const std::uint32_t i1 = static_cast<std::uint32_t>(rw[r / 4] >> (16 * (r % 4))) & 0xffffu;
+        const std::uint32_t roff = PRE ? i1 : i1 * VP;
 #pragma GCC unroll 2
         for (int h = 0; h < NV; ++h) {
           const __m256 R = load_entry8<S>(rcb, roff + 8 * h);
 #pragma GCC unroll 4
-          for (int b = 0; b < BT; ++b) A[b][r][h] = _mm256_fmadd_ps(X[b], R, A[b][r][h]);
+          for (int b = 0; b < BT; ++b) Bres[b][r][h] = _mm256_fmadd_ps(X[b], R, Bres[b][r][h]);
         }
       }
     }
@@ -77,22 +113,30 @@ inline void tile_block(const TileArgs& a, int r0, const float* xs, idx_t ldx, fl
     if constexpr (RES) rp += rb;
   }
 
+#pragma GCC unroll 4
   for (int b = 0; b < BT; ++b)
+#pragma GCC unroll 16
     for (int r = 0; r < RBS; ++r)
-      for (int h = 0; h < NV; ++h)
-        _mm256_maskstore_ps(acc + b * ld + (r0 + r) * v + 8 * h, masks[h], A[b][r][h]);
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) {
+        __m256 out = A[b][r][h];
+        if constexpr (RES) out = _mm256_add_ps(out, Bres[b][r][h]);
+        _mm256_maskstore_ps(acc + b * ld + (r0 + r) * v + 8 * h, masks[h], out);
+      }
 }
 
-template <int NV, CodebookStorage S, bool RES, int RBS, int BT>
+template <int NV, CodebookStorage S, bool RES, bool PRE, int RBS, int BT>
 inline void tile_rows(const TileArgs& a, const float* xs, idx_t ldx, float* acc, idx_t ld,
                       const __m256i* masks) {
-  for (int r0 = 0; r0 < a.rb; r0 += RBS) tile_block<NV, S, RES, RBS, BT>(a, r0, xs, ldx, acc, ld, masks);
+  for (int r0 = 0; r0 < a.rb; r0 += RBS) tile_block<NV, S, RES, PRE, RBS, BT>(a, r0, xs, ldx, acc, ld, masks);
 }
 
-template <int NV, CodebookStorage S, bool RES>
+template <int NV, CodebookStorage S, bool RES, bool PRE>
 void tile_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
-  constexpr int RBS1 = NV == 1 ? VPTQ_GEMV_RBS1_NV1 : VPTQ_GEMV_RBS1_NV2;
-  constexpr int RBSB = NV == 1 ? VPTQ_GEMV_RBSB_NV1 : VPTQ_GEMV_RBSB_NV2;
+  // With a residual codebook each block needs two accumulators: halve the blocks.
+  constexpr int RBS1 = (NV == 1 ? VPTQ_GEMV_RBS1_NV1 : VPTQ_GEMV_RBS1_NV2);
+  constexpr int RBSB0 = (NV == 1 ? VPTQ_GEMV_RBSB_NV1 : VPTQ_GEMV_RBSB_NV2) / (RES ? 2 : 1);
+  constexpr int RBSB = RBSB0 > 0 ? RBSB0 : 1;
   constexpr int BT = VPTQ_GEMV_BT;
   __m256i masks[NV];
   for (int h = 0; h < NV; ++h) {
@@ -101,29 +145,36 @@ void tile_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float
   }
   idx_t b = 0;
   for (; b + BT <= batch; b += BT)
-    tile_rows<NV, S, RES, RBSB, BT>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+    tile_rows<NV, S, RES, PRE, RBSB, BT>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
   const idx_t rem = batch - b;
   if constexpr (BT > 2) {
     if (rem == 2) {
-      tile_rows<NV, S, RES, RBSB, 2>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+      tile_rows<NV, S, RES, PRE, RBSB, 2>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
       return;
     }
   }
   if constexpr (BT > 3) {
     if (rem == 3) {
-      tile_rows<NV, S, RES, RBSB, 3>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+      tile_rows<NV, S, RES, PRE, RBSB, 3>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
       return;
     }
   }
-  if (rem == 1) tile_rows<NV, S, RES, RBS1, 1>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+  if (rem == 1) tile_rows<NV, S, RES, PRE, RBS1, 1>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
 }
 
 template <int NV, CodebookStorage S>
 void tile_dispatch_res(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
-  if (a.rcb != nullptr)
-    tile_impl<NV, S, true>(a, xs, ldx, batch, acc, ld);
-  else
-    tile_impl<NV, S, false>(a, xs, ldx, batch, acc, ld);
+  if (a.premul) {
+    if (a.rcb != nullptr)
+      tile_impl<NV, S, true, true>(a, xs, ldx, batch, acc, ld);
+    else
+      tile_impl<NV, S, false, true>(a, xs, ldx, batch, acc, ld);
+  } else {
+    if (a.rcb != nullptr)
+      tile_impl<NV, S, true, false>(a, xs, ldx, batch, acc, ld);
+    else
+      tile_impl<NV, S, false, false>(a, xs, ldx, batch, acc, ld);
+  }
 }
 
 template <int NV>
