@@ -4,7 +4,7 @@
 #include <climits>
 #include <optional>
 #include <string>
-#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "bind.h"
@@ -197,7 +197,7 @@ VPTQ_REGISTER_BINDINGS(format) {
         }
         return out;
       },
-      py::arg("idx").noconvert(), py::arg("ridx").noconvert() = py::none(), py::arg("b1"), py::arg("b2") = 0,
+      py::arg("idx").noconvert(), py::arg("ridx").noconvert().none(true), py::arg("b1"), py::arg("b2") = 0,
       "Packs codes (res << b1) | idx of width b1 + b2 into the LSB-first 32-bit bitstream of the VPTQ format, "
       "one stream per row along the last axis. idx, ridx: uint16[..., cols] -> uint32[..., ceil(cols*(b1+b2)/32)]. "
       "ValueError if a code does not fit its width.");
@@ -221,8 +221,7 @@ VPTQ_REGISTER_BINDINGS(format) {
           py::gil_scoped_release release;
           unpack_indices(pp, rows, cols, b1, b2, pi, pr);
         }
-        py::object r = ridx ? py::object(std::move(*ridx)) : py::object(py::none());
-        return py::make_tuple(std::move(idx), std::move(r));
+        return std::make_pair(std::move(idx), std::move(ridx));
       },
       py::arg("packed").noconvert(), py::arg("cols"), py::arg("b1"), py::arg("b2") = 0,
       "Inverse of pack_indices: uint32[..., words] -> (idx uint16[..., cols], ridx uint16[..., cols] or None "
