@@ -27,6 +27,13 @@ struct VQParams {
   KMeansParams kmeans;
   /// false = plain Hessian-weighted k-means VQ with no error feedback (ablation baseline).
   bool error_feedback = true;
+  /// true: optimise the true proxy loss in the normalised space, i.e. use S·H·S (S = diag(scale))
+  /// for the error feedback and the k-means weights. false: use H as is, like the reference
+  /// implementation (which ignores the normalisation in the Hessian).
+  bool norm_aware_hessian = true;
+  /// Output rows per independent work chunk (rounded to a multiple of lcm(v, v0)); fixed, so
+  /// results do not depend on the thread count.
+  int row_chunk = 128;
 };
 
 struct VQResult {
@@ -40,8 +47,8 @@ struct VQResult {
   std::vector<idx_t> perm;   ///< [N]
   std::vector<float> scale;  ///< [N] (empty without norm)
   std::vector<float> bias;   ///< [N] (empty without norm)
-  /// Proxy loss in the normalised space the quantizer optimised (diagnostic).
-  double normalized_proxy_loss = 0.0;
+  /// k-means statistics of each codebook: [outlier?] main groups..., then residual groups.
+  std::vector<KMeansStats> kmeans_stats;
   VQWeightsView view() const;
 };
 
