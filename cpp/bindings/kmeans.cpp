@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -48,7 +49,10 @@ VPTQ_REGISTER_BINDINGS(kmeans) {
 
   m.def(
       "nearest_centroid",
-      [](const CArray<float>& x, const CArray<float>& centroids) {
+      [](const CArray<float>& x, const CArray<float>& centroids, const std::string& method) {
+        VPTQ_CHECK(method == "fused" || method == "gemm", "method: expected 'fused' or 'gemm', got '", method,
+                   "'");
+        const bool gemm = method == "gemm";
         check_shape(centroids, "centroids", {-1, -1});
         const idx_t k = static_cast<idx_t>(centroids.shape(0));
         const int d = static_cast<int>(centroids.shape(1));
@@ -66,16 +70,21 @@ VPTQ_REGISTER_BINDINGS(kmeans) {
           py::gil_scoped_release release;
           const CodebookSearcher s(cp, k, d);
           constexpr idx_t B = 1024;
+          if (gemm) set_blas_threads(1);
           parallel_for((n + B - 1) / B, [&](idx_t b) {
             const idx_t i0 = b * B;
-            s.search(xp + i0 * d, std::min(B, n - i0), ip + i0, dp + i0);
+            if (gemm)
+              s.search_gemm(xp + i0 * d, std::min(B, n - i0), ip + i0, dp + i0);
+            else
+              s.search(xp + i0 * d, std::min(B, n - i0), ip + i0, dp + i0);
           });
         }
         return std::make_tuple(idx, dist);
       },
-      py::arg("x").noconvert(), py::arg("centroids").noconvert(),
+      py::arg("x").noconvert(), py::arg("centroids").noconvert(), py::arg("method") = "fused",
       "Nearest centroid (squared L2, lowest index on ties) of each row of x float32[n, d] among\n"
-      "centroids float32[k, d]. Returns (idx int32[n], dist float32[n]).");
+      "centroids float32[k, d]. Returns (idx int32[n], dist float32[n]). method: 'fused' (SIMD\n"
+      "kernel, default) or 'gemm' (BLAS GEMM tiles + argmin; for comparison).");
 }
 
 }  // namespace vptq::bind

@@ -1,13 +1,15 @@
 // Private: the fused nearest-centroid kernel body shared by the per-ISA translation
 // units (nearest_avx2.cpp, nearest_avx512.cpp). Include only from a TU compiled with the
 // matching ISA flags; `V` is a traits struct of that TU:
-//   V::reg, V::W (lanes), load(p), set1(v), fmadd(a, b, c) = a*b + c, min(a, b),
-//   any_lt(a, b) (some lane a < b), store(p, a).
+//   V::reg, V::W (lanes), load(p), set1(v), bcast(p) (= set1(*p), from memory), fmadd(a, b, c) = a*b + c, min(a, b),
+//   any_lt(a, b) (some lane a < b), hmin(a) (min over lanes), eq_mask(a, b) (bit l set
+//   iff lane l of a == lane l of b).
 //
 // Algorithm, per query q and per chunk of 4 registers (4*W centroids):
 //   acc_u = ||c||² + Σ_j c_j * (-2 q_j)          (4 independent FMA chains)
 //   m     = lane-wise min of acc_0..acc_3
-//   if any lane of m < best (broadcast): spill the chunk, scan it in index order.
+//   if any lane of m < best (broadcast): best = min over lanes of m, index = lowest lane
+//   of acc_0..acc_3 equal to it (bit scan of the 4 compare masks).
 // The running best rarely improves (O(log k) times per query), so the common path is
 // 4*d FMAs + 3 min + 1 compare per 4*W centroids. Ties: strict '<' in index order keeps
 // the lowest index. Centroids are walked in tiles that fit in L1, with a block of
@@ -31,15 +33,23 @@ inline void run_tile(const NearestCodebook& cb, const float* x /*[QN, D]*/, idx_
   constexpr int W = V::W;
   constexpr int CH = 4 * W;
   constexpr int B = kNearestBlock;
-  reg qb[QN][D];
+  // QN == 1: the query lives in D broadcast registers. QN > 1: registers are short, so the
+  // (pre-scaled) query coordinates are re-broadcast from memory, which costs a load uop but
+  // lets QN queries share each centroid load.
+  constexpr int QR = QN == 1 ? D : 1;
+  reg qb[QR];
+  alignas(64) float qs[QN][D];
   reg bv[QN];
 #pragma GCC unroll 4
   for (int qi = 0; qi < QN; ++qi) {
 #pragma GCC unroll 16
-    for (int j = 0; j < D; ++j) qb[qi][j] = V::set1(-2.0f * x[qi * D + j]);
+    for (int j = 0; j < D; ++j) qs[qi][j] = -2.0f * x[qi * D + j];
     bv[qi] = V::set1(best[qi]);
   }
-  alignas(64) float spill[CH];
+  if constexpr (QN == 1) {
+#pragma GCC unroll 16
+    for (int j = 0; j < D; ++j) qb[j] = V::set1(qs[0][j]);
+  }
   for (idx_t c0 = c_begin; c0 < c_end; c0 += CH) {
     const float* base = cb.cb + (c0 / B) * D * B;
     reg acc[QN][4];
@@ -51,32 +61,38 @@ inline void run_tile(const NearestCodebook& cb, const float* x /*[QN, D]*/, idx_
     }
 #pragma GCC unroll 16
     for (int j = 0; j < D; ++j) {
+      reg qv[QN];
+#pragma GCC unroll 4
+      for (int qi = 0; qi < QN; ++qi) {
+        if constexpr (QN == 1)
+          qv[qi] = qb[j];
+        else
+          qv[qi] = V::bcast(&qs[qi][j]);
+      }
 #pragma GCC unroll 4
       for (int u = 0; u < 4; ++u) {
-        const reg c = V::load(base + ((u * W) / B) * D * B + j * B + (u * W) % B);
+        reg c = V::load(base + ((u * W) / B) * D * B + j * B + (u * W) % B);
+        // Keep the centroid in a register shared by the QN queries (otherwise GCC folds a
+        // separate load into each FMA, doubling the load traffic this blocking removes).
+        if constexpr (QN > 1) asm("" : "+v"(c));
 #pragma GCC unroll 4
-        for (int qi = 0; qi < QN; ++qi) acc[qi][u] = V::fmadd(c, qb[qi][j], acc[qi][u]);
+        for (int qi = 0; qi < QN; ++qi) acc[qi][u] = V::fmadd(c, qv[qi], acc[qi][u]);
       }
     }
 #pragma GCC unroll 4
     for (int qi = 0; qi < QN; ++qi) {
       const reg m = V::min(V::min(acc[qi][0], acc[qi][1]), V::min(acc[qi][2], acc[qi][3]));
       if (V::any_lt(m, bv[qi])) {
+        // Some centroid of the chunk beats the running best: the chunk minimum (one of the
+        // scores) and the lowest index holding it are the same as a strict '<' scan gives.
+        const float mv = V::hmin(m);
+        const reg mvv = V::set1(mv);
+        std::uint64_t mask = 0;
 #pragma GCC unroll 4
-        for (int u = 0; u < 4; ++u) V::store(spill + u * W, acc[qi][u]);
-        float b = best[qi];
-        int l_best = -1;
-        for (int l = 0; l < CH; ++l) {
-          if (spill[l] < b) {
-            b = spill[l];
-            l_best = l;
-          }
-        }
-        if (l_best >= 0) {
-          best[qi] = b;
-          besti[qi] = static_cast<std::int32_t>(c0 + l_best);
-          bv[qi] = V::set1(b);
-        }
+        for (int u = 0; u < 4; ++u) mask |= static_cast<std::uint64_t>(V::eq_mask(acc[qi][u], mvv)) << (u * W);
+        best[qi] = mv;
+        besti[qi] = static_cast<std::int32_t>(c0 + __builtin_ctzll(mask));
+        bv[qi] = mvv;
       }
     }
   }
