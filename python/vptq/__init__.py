@@ -11,6 +11,12 @@ if _os.environ.get("VPTQ_EXT_DIR"):
 
 from . import _core
 from ._core import NumericalError
+from .baselines import ScalarQuantized, gptq, rtn
+from .config import PRESETS, QuantConfig
+from .hessian import Hessian, PreparedHessian, prepare_hessian, proxy_loss
+from .kmeans import KMeansResult, kmeans, nearest_centroid
+from .layers import QuantizedLinear
+from .quantize import QuantizedWeight, quantize_weight
 
 __version__ = "0.1.0"
 
@@ -43,10 +49,25 @@ def set_simd_level(level: str) -> None:
 
 
 __all__ = [
+    "PRESETS",
+    "Hessian",
+    "KMeansResult",
     "NumericalError",
+    "PreparedHessian",
+    "QuantConfig",
+    "QuantizedLinear",
+    "QuantizedWeight",
+    "ScalarQuantized",
     "__version__",
     "cpu_features",
     "get_num_threads",
+    "gptq",
+    "kmeans",
+    "nearest_centroid",
+    "prepare_hessian",
+    "proxy_loss",
+    "quantize_weight",
+    "rtn",
     "set_num_threads",
     "set_simd_level",
     "simd_level",

@@ -11,7 +11,7 @@ import numpy as np
 from . import _core
 from ._arrays import as_float_array
 from .config import QuantConfig
-from .hessian import Hessian, prepare_hessian, proxy_loss
+from .hessian import Hessian, hessian_for, prepare_hessian, proxy_loss
 
 #: Keys of the official per-layer config (``quantization_config.config_for_layers[name]``).
 LAYER_CONFIG_KEYS = (
@@ -279,17 +279,6 @@ class QuantizedWeight:
         return cls(L, centroids.reshape(G, L["k1"], L["v"]), idx, **kw)
 
 
-def _hessian_matrix(H: Hessian | np.ndarray | Any, n: int) -> np.ndarray:
-    if isinstance(H, Hessian):
-        if H.in_features != n:
-            raise ValueError(f"Hessian has in_features={H.in_features} but W has {n} input columns")
-        return H.matrix
-    Hm = as_float_array(H, "H", ndim=2, dtype=np.float64)
-    if Hm.shape != (n, n):
-        raise ValueError(f"H: expected shape ({n}, {n}) to match W's {n} input columns, got {Hm.shape}")
-    return Hm
-
-
 def quantize_weight(
     W: Any,
     H: Hessian | np.ndarray | Any,
@@ -311,8 +300,7 @@ def quantize_weight(
     if storage_dtype not in _FLOAT_DTYPES:
         raise ValueError(f"storage_dtype: expected one of {sorted(_FLOAT_DTYPES)}, got {storage_dtype!r}")
     Wf = as_float_array(W, "W", ndim=2)
-    M, N = Wf.shape
-    Hm = _hessian_matrix(H, N)
+    Hm = hessian_for(H, Wf.shape)
     prep = prepare_hessian(Hm, percdamp=config.percdamp, act_order=config.enable_perm)
     r = _core.vptq_quantize(
         Wf, prep.core, v=config.vector_len, k1=config.num_centroids, k2=config.num_res_centroids,
