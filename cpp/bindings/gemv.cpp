@@ -20,7 +20,8 @@ std::unique_ptr<GemvPlan> make_plan(const py::dict& layout, const CArray<float>&
                                     const std::optional<CArray<std::uint16_t>>& outlier_indices,
                                     const std::optional<CArray<std::int64_t>>& perm,
                                     const std::optional<CArray<float>>& scale, const std::optional<CArray<float>>& bias,
-                                    const std::optional<CArray<float>>& layer_bias, bool compact_codebooks) {
+                                    const std::optional<CArray<float>>& layer_bias, bool compact_codebooks,
+                                    idx_t blas_min_batch) {
   const VQWeightsView w = make_view(layout_from_dict(layout), centroids, res_centroids, outlier_centroids, indices,
                                     res_indices, outlier_indices, perm, scale, bias);
   const float* lb = nullptr;
@@ -30,6 +31,8 @@ std::unique_ptr<GemvPlan> make_plan(const py::dict& layout, const CArray<float>&
   }
   GemvOptions opt;
   opt.allow_compact_codebooks = compact_codebooks;
+  VPTQ_CHECK(blas_min_batch >= 0, "blas_min_batch: expected >= 0 (0 = never), got ", blas_min_batch);
+  opt.blas_min_batch = blas_min_batch;
   py::gil_scoped_release release;
   return std::make_unique<GemvPlan>(w, lb, opt);  // validates (check_weights) and copies
 }
@@ -46,9 +49,11 @@ VPTQ_REGISTER_BINDINGS(gemv) {
            py::arg("outlier_indices").noconvert() = py::none(), py::arg("perm").noconvert() = py::none(),
            py::arg("scale").noconvert() = py::none(), py::arg("bias").noconvert() = py::none(),
            py::arg("layer_bias").noconvert() = py::none(), py::arg("compact_codebooks") = true,
+           py::arg("blas_min_batch") = GemvOptions().blas_min_batch,
            "Builds the kernel layout from unpacked VQ weights (same arrays as dequantize; layer_bias f32[M] or "
            "None). Validates everything (ValueError on bad shapes, out-of-range indices, non-permutation perm, "
-           "non-finite values). compact_codebooks: allow exact fp16/bf16 storage of large codebooks.")
+           "non-finite values). compact_codebooks: allow exact fp16/bf16 storage of large codebooks. "
+           "blas_min_batch: batches with at least this many rows use dequantized tiles + BLAS (0 = never).")
       .def(
           "forward",
           [](const GemvPlan& p, const CArray<float>& x, const std::optional<std::string>& level) {
@@ -80,6 +85,13 @@ VPTQ_REGISTER_BINDINGS(gemv) {
             return out;
           },
           "Dense W_hat f32[M, N] rebuilt from the plan's own buffers.")
+      .def_property(
+          "blas_min_batch", [](const GemvPlan& p) { return p.options().blas_min_batch; },
+          [](GemvPlan& p, idx_t b) {
+            VPTQ_CHECK(b >= 0, "blas_min_batch: expected >= 0 (0 = never), got ", b);
+            p.set_blas_min_batch(b);
+          },
+          "Batches with at least this many rows use dequantized tiles + BLAS (0 = never).")
       .def_property_readonly("in_features", &GemvPlan::in_features)
       .def_property_readonly("out_features", &GemvPlan::out_features)
       .def_property_readonly("layout", [](const GemvPlan& p) { return layout_to_dict(p.layout()); })

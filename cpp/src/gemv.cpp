@@ -9,6 +9,11 @@
 #include <numeric>
 #include <utility>
 
+#include <cblas.h>
+#include <omp.h>
+
+#include <memory>
+
 #include "kernels/gemv_kernels.h"
 
 namespace vptq {
@@ -221,6 +226,36 @@ TileArgs tile_args(const GemvSection& s, idx_t tile) {
   return a;
 }
 
+template <class Load>
+void dequant_t_body(const TileArgs& a, float* qt, idx_t ldq, Load load) {
+  const idx_t mult = a.premul ? 1 : a.vp;
+  for (idx_t c = 0; c < a.cols; ++c)
+    for (int r = 0; r < a.rb; ++r) {
+      const std::size_t pos = static_cast<std::size_t>(c * a.rb + r);
+      const idx_t off = static_cast<idx_t>(a.idx[pos]) * mult;
+      float* o = qt + c * ldq + r * a.v;
+      if (a.ridx != nullptr) {
+        const idx_t roff = static_cast<idx_t>(a.ridx[pos]) * mult;
+        for (int l = 0; l < a.v; ++l) o[l] = load(a.cb, off + l) + load(a.rcb, roff + l);
+      } else {
+        for (int l = 0; l < a.v; ++l) o[l] = load(a.cb, off + l);
+      }
+    }
+}
+
+DequantTKernel pick_dequant_t(SimdLevel level) {
+  switch (level) {
+#if defined(__x86_64__) || defined(__i386__)
+    case SimdLevel::AVX512:
+      return &dequant_t_avx512;
+    case SimdLevel::AVX2:
+      return &dequant_t_avx2;
+#endif
+    default:
+      return &dequant_t_scalar;
+  }
+}
+
 TileKernel pick_kernel(SimdLevel level) {
   switch (level) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -235,6 +270,20 @@ TileKernel pick_kernel(SimdLevel level) {
 }
 
 }  // namespace
+
+void dequant_t_scalar(const TileArgs& a, float* qt, idx_t ldq) {
+  switch (a.storage) {
+    case CodebookStorage::F32:
+      dequant_t_body(a, qt, ldq, load_f32);
+      break;
+    case CodebookStorage::F16:
+      dequant_t_body(a, qt, ldq, load_f16);
+      break;
+    case CodebookStorage::BF16:
+      dequant_t_body(a, qt, ldq, load_bf16);
+      break;
+  }
+}
 
 void gemv_tile_scalar(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
   switch (a.storage) {
@@ -256,6 +305,7 @@ GemvPlan::GemvPlan(const VQWeightsView& w, const float* layer_bias, const GemvOp
   check_weights(w);
   const VQLayout& L = w.layout;
   layout_ = L;
+  opt_ = opt;
   M_ = L.M;
   N_ = L.N;
   VPTQ_CHECK(L.outlier_size == 0 || L.k0 > 0, "GemvPlan: outlier_size ", L.outlier_size,
@@ -315,12 +365,16 @@ void GemvPlan::forward(const float* x, idx_t batch, float* y, SimdLevel level) c
   VPTQ_CHECK(x != nullptr && y != nullptr, "GemvPlan::forward: x and y must not be null");
   VPTQ_CHECK(simd_level_supported(level), "GemvPlan::forward: SIMD level ", simd_level_name(level),
              " is not supported on this CPU");
+  if (opt_.blas_min_batch > 0 && batch >= opt_.blas_min_batch) {
+    forward_blas(x, batch, y, level);
+    return;
+  }
   const detail::TileKernel kern = detail::pick_kernel(level);
   std::vector<float> xs(static_cast<std::size_t>(batch * N_));  // [batch, N] permuted, scaled
   std::vector<float> xb(static_cast<std::size_t>(batch));       // [batch] Σ x·bias
   prescale(x, batch, xs.data(), xb.data());
   const idx_t ld = task_rows_ + 16;
-  parallel_for(num_tasks_, [&](idx_t t) {
+  auto task = [&](idx_t t) {
     std::vector<float> acc(static_cast<std::size_t>(batch * ld), 0.0f);  // [batch, ld]
     const idx_t row0 = t * task_rows_;
     for (const auto& s : sections_) {
@@ -344,37 +398,103 @@ void GemvPlan::forward(const float* x, idx_t batch, float* y, SimdLevel level) c
         for (idx_t i = 0; i < rows; ++i) yr[i] = (ar[i] + xbb) + lb[i];
       }
     }
-  });
+  };
+  // Small problems run on the calling thread (waking an OpenMP team costs more);
+  // results do not depend on this choice.
+  if (M_ * N_ * batch < (idx_t{1} << 18)) {
+    for (idx_t t = 0; t < num_tasks_; ++t) task(t);
+  } else {
+    parallel_for(num_tasks_, task);
+  }
 }
 
-void GemvPlan::dequantize(float* out) const {
-  VPTQ_CHECK(out != nullptr, "GemvPlan::dequantize: out must not be null");
+void GemvPlan::dequantize_task(idx_t t, float* out) const {
+  const idx_t row0 = t * task_rows_;
   for (const auto& s : sections_) {
-    auto load = [&](bool res, idx_t i) -> float {
-      if (s.storage == CodebookStorage::F32) return res ? s.rcb32[static_cast<std::size_t>(i)] : s.cb32[static_cast<std::size_t>(i)];
-      const std::uint16_t h = res ? s.rcb16[static_cast<std::size_t>(i)] : s.cb16[static_cast<std::size_t>(i)];
-      return s.storage == CodebookStorage::F16 ? detail::half_to_float(h) : detail::bf16_to_float(h);
+    const idx_t mult = s.premul ? 1 : s.vp;
+    const std::uint16_t* cb16 = s.cb16.data();
+    const std::uint16_t* rcb16 = s.rcb16.data();
+    auto entry = [&](const std::uint16_t* h16, const float* f32, idx_t off, int l) -> float {
+      switch (s.storage) {
+        case CodebookStorage::F16:
+          return detail::half_to_float(h16[off + l]);
+        case CodebookStorage::BF16:
+          return detail::bf16_to_float(h16[off + l]);
+        default:
+          return f32[off + l];
+      }
     };
-    for (idx_t t = 0; t < s.num_tiles; ++t)
-      for (idx_t c = 0; c < s.cols; ++c) {
-        const idx_t j = perm_[static_cast<std::size_t>(s.col_begin + c)];
-        const float sc = scale_[static_cast<std::size_t>(j)];
-        const float bi = nbias_.empty() ? 0.0f : nbias_[static_cast<std::size_t>(j)];
-        for (int r = 0; r < s.rb; ++r) {
-          const std::size_t pos = static_cast<std::size_t>((t * s.cols + c) * s.rb + r);
-          const idx_t mult = s.premul ? 1 : s.vp;
+    const idx_t th = s.tile_rows();
+    const idx_t first = row0 / th;
+    const idx_t last = std::min(s.num_tiles, first + task_rows_ / th);
+    for (idx_t tt = first; tt < last; ++tt)
+      for (int r = 0; r < s.rb; ++r) {
+        // one row block (v rows x N floats) at a time keeps the written rows in cache
+        const idx_t rstart = (tt * s.rb + r) * s.v;
+        if (rstart >= M_) break;
+        const int nl = static_cast<int>(std::min<idx_t>(s.v, M_ - rstart));
+        float* o = out + (rstart - row0) * N_;
+        for (idx_t c = 0; c < s.cols; ++c) {
+          const std::size_t pos = static_cast<std::size_t>((tt * s.cols + c) * s.rb + r);
+          const idx_t j = perm_[static_cast<std::size_t>(s.col_begin + c)];
+          const float sc = scale_[static_cast<std::size_t>(j)];
+          const float bi = nbias_.empty() ? 0.0f : nbias_[static_cast<std::size_t>(j)];
           const idx_t off = static_cast<idx_t>(s.idx[pos]) * mult;
-          const idx_t roff = s.kr > 0 ? static_cast<idx_t>(s.ridx[pos]) * mult : 0;
-          for (int l = 0; l < s.v; ++l) {
-            const idx_t row = (t * s.rb + r) * s.v + l;
-            if (row >= M_) break;
-            float q = load(false, off + l);
-            if (s.kr > 0) q += load(true, roff + l);
-            out[row * N_ + j] = q * sc + bi;
+          if (s.kr > 0) {
+            const idx_t roff = static_cast<idx_t>(s.ridx[pos]) * mult;
+            for (int l = 0; l < nl; ++l)
+              o[l * N_ + j] = (entry(cb16, s.cb32.data(), off, l) + entry(rcb16, s.rcb32.data(), roff, l)) * sc + bi;
+          } else {
+            for (int l = 0; l < nl; ++l) o[l * N_ + j] = entry(cb16, s.cb32.data(), off, l) * sc + bi;
           }
         }
       }
   }
+}
+
+void GemvPlan::dequantize(float* out) const {
+  VPTQ_CHECK(out != nullptr, "GemvPlan::dequantize: out must not be null");
+  parallel_for(num_tasks_, [&](idx_t t) { dequantize_task(t, out + t * task_rows_ * N_); });
+}
+
+void GemvPlan::forward_blas(const float* x, idx_t batch, float* y, SimdLevel level) const {
+  const detail::DequantTKernel deq = detail::pick_dequant_t(level);
+  std::vector<float> xs(static_cast<std::size_t>(batch * N_));  // [batch, N] permuted, scaled
+  std::vector<float> xb(static_cast<std::size_t>(batch));       // [batch] Σ x·bias
+  prescale(x, batch, xs.data(), xb.data());
+  const idx_t ldq = task_rows_;
+  // One uninitialised Qᵀ tile buffer [N, task_rows] per thread, reused across tasks.
+  const int nt = get_num_threads();
+  const std::size_t qt_size = static_cast<std::size_t>(N_ * ldq + 16);
+  std::unique_ptr<float[]> qt_all(new float[qt_size * static_cast<std::size_t>(nt)]);
+  set_blas_threads(1);
+  parallel_for(num_tasks_, [&](idx_t t) {
+    const idx_t row0 = t * task_rows_;
+    const idx_t rows = std::min(task_rows_, M_ - row0);
+    const int tid = std::min(omp_get_thread_num(), nt - 1);
+    float* qt = qt_all.get() + qt_size * static_cast<std::size_t>(tid);
+    for (const auto& s : sections_) {
+      const idx_t th = s.tile_rows();
+      const idx_t first = row0 / th;
+      const idx_t last = std::min(s.num_tiles, first + task_rows_ / th);
+      for (idx_t tt = first; tt < last; ++tt)
+        deq(detail::tile_args(s, tt), qt + s.col_begin * ldq + (tt * th - row0), ldq);
+    }
+    float* yt = y + row0;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(batch), static_cast<int>(rows),
+                static_cast<int>(N_), 1.0f, xs.data(), static_cast<int>(N_), qt, static_cast<int>(ldq), 0.0f,
+                yt, static_cast<int>(M_));
+    for (idx_t b = 0; b < batch; ++b) {
+      float* yr = yt + b * M_;
+      const float xbb = xb[static_cast<std::size_t>(b)];
+      if (lbias_.empty()) {
+        for (idx_t i = 0; i < rows; ++i) yr[i] += xbb;
+      } else {
+        for (idx_t i = 0; i < rows; ++i) yr[i] = (yr[i] + xbb) + lbias_[static_cast<std::size_t>(row0 + i)];
+      }
+    }
+  });
+  set_blas_threads(get_num_threads());
 }
 
 std::size_t GemvPlan::kernel_bytes() const {

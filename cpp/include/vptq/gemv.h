@@ -51,6 +51,10 @@ struct GemvOptions {
   std::size_t compact_codebook_bytes = 32 * 1024;
   /// Allow fp16/bf16 storage at all (false: always fp32).
   bool allow_compact_codebooks = true;
+  /// Batches of at least this many rows dequantize row tiles into a per-thread
+  /// buffer and multiply with BLAS (cblas_sgemm) instead of the lookup kernel.
+  /// 0 = never. Default from measurements (bench/bench_gemv.py).
+  idx_t blas_min_batch = 0;
 };
 
 namespace detail {
@@ -76,8 +80,10 @@ class GemvPlan {
 
   /// y = x · Ŵᵀ + bias with the current get_simd_level().
   /// x: [batch, N] row-major fp32; y: [batch, M] row-major fp32 (written, not read).
-  /// batch >= 1 (std::invalid_argument otherwise). Any batch size works; it is
-  /// processed in register tiles of up to 4 rows.
+  /// batch >= 1 (std::invalid_argument otherwise). Any batch size works; the
+  /// lookup kernel processes it in register tiles of up to 3 rows; batches of at
+  /// least options().blas_min_batch rows take the dequantize-tile + BLAS path
+  /// (then the bound above does not apply: BLAS sums in its own order).
   void forward(const float* x, idx_t batch, float* y) const;
   /// Same with an explicit SIMD level (must be supported by this CPU).
   void forward(const float* x, idx_t batch, float* y, SimdLevel level) const;
@@ -86,6 +92,12 @@ class GemvPlan {
   /// buffers; equals vptq::dequantize() of the source up to the codebook storage
   /// (which is lossless by construction). out: [M, N].
   void dequantize(float* out) const;
+
+  /// Row tiles [t * task_rows, ...) dequantized into out [rows, N] (original column order).
+  idx_t task_rows() const { return task_rows_; }
+  /// Changes the BLAS switch point (see GemvOptions::blas_min_batch).
+  void set_blas_min_batch(idx_t b) { opt_.blas_min_batch = b; }
+  const GemvOptions& options() const { return opt_; }
 
   /// Bytes held by the plan (indices + codebooks + vectors).
   std::size_t memory_bytes() const;
@@ -96,8 +108,12 @@ class GemvPlan {
 
  private:
   void prescale(const float* x, idx_t batch, float* xs, float* xb) const;
+  /// Dense rows [t * task_rows_, min(M, (t + 1) * task_rows_)) into out [rows, N].
+  void dequantize_task(idx_t t, float* out) const;
+  void forward_blas(const float* x, idx_t batch, float* y, SimdLevel level) const;
 
   VQLayout layout_;
+  GemvOptions opt_;
   idx_t M_ = 0, N_ = 0;
   idx_t task_rows_ = 0;  ///< rows per parallel task (fixed: independent of thread count)
   idx_t num_tasks_ = 0;

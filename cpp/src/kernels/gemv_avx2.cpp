@@ -15,4 +15,6 @@ void gemv_tile_avx2(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, 
   avx2_impl::tile(a, xs, ldx, batch, acc, ld);
 }
 
+void dequant_t_avx2(const TileArgs& a, float* qt, idx_t ldq) { avx2_impl::dequant_t(a, qt, ldq); }
+
 }  // namespace vptq::detail

@@ -17,4 +17,6 @@ void gemv_tile_avx512(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch
   avx512_impl::tile(a, xs, ldx, batch, acc, ld);
 }
 
+void dequant_t_avx512(const TileArgs& a, float* qt, idx_t ldq) { avx512_impl::dequant_t(a, qt, ldq); }
+
 }  // namespace vptq::detail

@@ -80,8 +80,16 @@ struct TileArgs {
 using TileKernel = void (*)(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc,
                             idx_t ld);
 
+/// Dense transposed tile for the BLAS path: for c < cols, r < rb, l < v:
+///   qt[c*ldq + r*v + l] = cb[idx[c*rb+r]][l] (+ rcb[ridx[c*rb+r]][l]); nothing else is written.
+/// qt: [cols, ldq] with ldq >= rb * v.
+using DequantTKernel = void (*)(const TileArgs& a, float* qt, idx_t ldq);
+
 void gemv_tile_scalar(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld);
+void dequant_t_scalar(const TileArgs& a, float* qt, idx_t ldq);
 #if defined(__x86_64__) || defined(__i386__)
+void dequant_t_avx2(const TileArgs& a, float* qt, idx_t ldq);
+void dequant_t_avx512(const TileArgs& a, float* qt, idx_t ldq);
 void gemv_tile_avx2(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld);
 void gemv_tile_avx512(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld);
 #endif

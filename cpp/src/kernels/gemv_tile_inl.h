@@ -193,6 +193,69 @@ void tile_dispatch_storage(const TileArgs& a, const float* xs, idx_t ldx, idx_t 
   }
 }
 
+template <int NV, CodebookStorage S, bool RES, bool PRE>
+void dequant_t_impl(const TileArgs& a, float* qt, idx_t ldq) {
+  constexpr int VP = 8 * NV;
+  __m256i masks[NV];
+  for (int h = 0; h < NV; ++h)
+    masks[h] = _mm256_cmpgt_epi32(_mm256_set1_epi32(a.v - 8 * h), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const int rb = a.rb, v = a.v;
+  for (idx_t c = 0; c < a.cols; ++c) {
+    const std::uint16_t* ip = a.idx + c * rb;
+    const std::uint16_t* rp = RES ? a.ridx + c * rb : nullptr;
+    float* o = qt + c * ldq;
+    for (int r = 0; r < rb; ++r) {
+      const std::uint32_t off = PRE ? ip[r] : static_cast<std::uint32_t>(ip[r]) * VP;
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) {
+        __m256 q = load_entry8<S>(a.cb, off + 8 * h);
+        if constexpr (RES) {
+          const std::uint32_t roff = PRE ? rp[r] : static_cast<std::uint32_t>(rp[r]) * VP;
+          q = _mm256_add_ps(q, load_entry8<S>(a.rcb, roff + 8 * h));
+        }
+        _mm256_maskstore_ps(o + r * v + 8 * h, masks[h], q);
+      }
+    }
+  }
+}
+
+template <int NV, CodebookStorage S>
+void dequant_t_res(const TileArgs& a, float* qt, idx_t ldq) {
+  if (a.premul) {
+    if (a.rcb != nullptr)
+      dequant_t_impl<NV, S, true, true>(a, qt, ldq);
+    else
+      dequant_t_impl<NV, S, false, true>(a, qt, ldq);
+  } else {
+    if (a.rcb != nullptr)
+      dequant_t_impl<NV, S, true, false>(a, qt, ldq);
+    else
+      dequant_t_impl<NV, S, false, false>(a, qt, ldq);
+  }
+}
+
+template <int NV>
+void dequant_t_storage(const TileArgs& a, float* qt, idx_t ldq) {
+  switch (a.storage) {
+    case CodebookStorage::F32:
+      dequant_t_res<NV, CodebookStorage::F32>(a, qt, ldq);
+      break;
+    case CodebookStorage::F16:
+      dequant_t_res<NV, CodebookStorage::F16>(a, qt, ldq);
+      break;
+    case CodebookStorage::BF16:
+      dequant_t_res<NV, CodebookStorage::BF16>(a, qt, ldq);
+      break;
+  }
+}
+
+inline void dequant_t(const TileArgs& a, float* qt, idx_t ldq) {
+  if (a.vp == 8)
+    dequant_t_storage<1>(a, qt, ldq);
+  else
+    dequant_t_storage<2>(a, qt, ldq);
+}
+
 inline void tile(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
   if (a.vp == 8)
     tile_dispatch_storage<1>(a, xs, ldx, batch, acc, ld);
