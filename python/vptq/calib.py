@@ -86,7 +86,7 @@ def load_hf_model(path: str | os.PathLike[str] | None = None, dtype: str = "floa
     if path is None:
         path = smollm2_path() / SMOLLM2_GGUF
     p = Path(path)
-    kw: dict[str, Any] = {"torch_dtype": getattr(torch, dtype)}
+    kw: dict[str, Any] = {"dtype": getattr(torch, dtype)}
     if p.is_file() and p.suffix == ".gguf":
         directory, kw["gguf_file"] = str(p.parent), p.name
     elif p.is_dir() and (p / "config.json").is_file():
