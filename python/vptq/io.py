@@ -435,7 +435,8 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"cannot read safetensors file {path}: {e}") from e
     if bf16:
-        base = 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
+        with path.open("rb") as fh:
+            base = 8 + struct.unpack("<Q", fh.read(8))[0]
         mm = np.memmap(path, dtype=np.uint8, mode="r")
         for name in bf16:
             start, end = header[name]["data_offsets"]
@@ -510,6 +511,8 @@ def load_quantized_state(
     if not isinstance(config, dict):
         raise ValueError(f"{cfg_path}: expected a JSON object, got {type(config).__name__}")  # noqa: TRY004 - bad file content
     qc = config.get("quantization_config")
+    if qc is None and isinstance(config.get("text_config"), dict):  # multimodal exports nest it here
+        qc = config["text_config"].get("quantization_config")
     if not isinstance(qc, dict) or qc.get("quant_method") != "vptq":
         method = qc.get("quant_method") if isinstance(qc, dict) else None
         raise ValueError(f"{root} is not a VPTQ checkpoint: {CONFIG_FILE} has no quantization_config with "
@@ -538,7 +541,7 @@ def load_quantized_state(
         if f"{name}.weight" in tensors:
             raise ValueError(f"layer {name}: checkpoint has both packed tensors and a dense {name}.weight")
         bias = tensors.get(f"{name}.bias")
-        if lc.get("bias", False) and bias is None:
+        if lc.get("bias") is True and bias is None:
             raise ValueError(f"layer {name}: config says bias=true but the checkpoint has no {name}.bias")
         if bias is not None and tuple(bias.shape) != (int(lc["out_features"]),):
             raise ValueError(f"layer {name}: expected {name}.bias of shape ({lc['out_features']},), "

@@ -307,6 +307,26 @@ def test_partial_checkpoint_names_plain_linears(saved_partial: dict[str, Any]) -
     assert len(plain) == 8
 
 
+@pytest.mark.parametrize("which", ["saved", "saved_partial"])
+def test_transformers_vptq_config_covers_every_linear(which: str, request: pytest.FixtureRequest) -> None:
+    """transformers' VPTQ integration parses our quantization_config and, skipping the
+    modules_to_not_convert, finds a layer config for every Linear it would replace."""
+    import torch
+
+    pytest.importorskip("transformers")
+    qcfg = pytest.importorskip("transformers.utils.quantization_config")
+    qutils = pytest.importorskip("transformers.quantizers.quantizers_utils")
+    if not hasattr(qutils, "should_convert_module"):
+        pytest.skip("this transformers version has no should_convert_module")
+    s = request.getfixturevalue(which)
+    qc = read_config(s["dir"])["quantization_config"]
+    conf = qcfg.VptqConfig.from_dict(qc)
+    skip = conf.modules_to_not_convert if conf.modules_to_not_convert is not None else ["lm_head"]
+    replaced = {n for n, m in s["model"].named_modules()
+                if isinstance(m, torch.nn.Linear) and qutils.should_convert_module(n, skip)}
+    assert replaced == set(conf.config_for_layers) == set(s["quantized"])
+
+
 def test_loaded_tokenizer_round_trip(saved: dict[str, Any]) -> None:
     _, tok = vio.load_model(saved["dir"])
     text = "Quantized models, 2 bits."
@@ -332,6 +352,15 @@ def test_shared_layer_config_and_unknown_keys(saved: dict[str, Any], tmp_path: P
     assert set(layers) == set(saved["quantized"])
     for name, qw in saved["quantized"].items():
         np.testing.assert_array_equal(layers[name].dequantize(), qw.dequantize())
+
+
+def test_quantization_config_nested_in_text_config(saved: dict[str, Any], tmp_path: Path) -> None:
+    """The official packer puts it under text_config for multimodal models."""
+    d = tmp_path / "nested"
+    shutil.copytree(saved["dir"], d)
+    _edit_config(d, lambda c: c.update(text_config={"quantization_config": c.pop("quantization_config")}))
+    _, layers, _ = vio.load_quantized_state(d)
+    assert set(layers) == set(saved["quantized"])
 
 
 def test_save_from_numpy_state_without_model(tmp_path: Path) -> None:
