@@ -92,6 +92,13 @@ VPTQ_REGISTER_BINDINGS(gemv) {
             p.set_blas_min_batch(b);
           },
           "Batches with at least this many rows use dequantized tiles + BLAS (0 = never).")
+      .def_property(
+          "hist_min_batch", [](const GemvPlan& p) { return p.options().hist_min_batch; },
+          [](GemvPlan& p, idx_t b) {
+            VPTQ_CHECK(b >= 0, "hist_min_batch: expected >= 0 (0 = never), got ", b);
+            p.set_hist_min_batch(b);
+          },
+          "Batches with at least this many rows use the histogram kernel on small-codebook sections (0 = never).")
       .def_property_readonly("in_features", &GemvPlan::in_features)
       .def_property_readonly("out_features", &GemvPlan::out_features)
       .def_property_readonly("layout", [](const GemvPlan& p) { return layout_to_dict(p.layout()); })

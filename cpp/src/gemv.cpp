@@ -223,6 +223,8 @@ TileArgs tile_args(const GemvSection& s, idx_t tile) {
   a.rcb = s.rcb();
   a.idx = s.idx.data() + tile * s.cols * s.rb;
   a.ridx = s.kr > 0 ? s.ridx.data() + tile * s.cols * s.rb : nullptr;
+  a.k = s.k;
+  a.kr = s.kr;
   return a;
 }
 
@@ -254,6 +256,23 @@ DequantTKernel pick_dequant_t(SimdLevel level) {
     default:
       return &dequant_t_scalar;
   }
+}
+
+HistKernel pick_hist(SimdLevel level) {
+  switch (level) {
+#if defined(__x86_64__) || defined(__i386__)
+    case SimdLevel::AVX512:
+      return &gemv_hist_avx512;
+    case SimdLevel::AVX2:
+      return &gemv_hist_avx2;
+#endif
+    default:
+      return nullptr;
+  }
+}
+
+bool hist_eligible(const GemvSection& s) {
+  return s.vp == 8 && s.storage == CodebookStorage::F32 && s.k <= kHistMaxK && s.kr <= kHistMaxK;
 }
 
 TileKernel pick_kernel(SimdLevel level) {
@@ -374,16 +393,50 @@ void GemvPlan::forward(const float* x, idx_t batch, float* y, SimdLevel level) c
   std::vector<float> xb(static_cast<std::size_t>(batch));       // [batch] Σ x·bias
   prescale(x, batch, xs.data(), xb.data());
   const idx_t ld = task_rows_ + 16;
+
+  // Histogram form: transposed activations per chunk of kHistChunk batch rows.
+  const detail::HistKernel hist =
+      opt_.hist_min_batch > 0 && batch >= opt_.hist_min_batch ? detail::pick_hist(level) : nullptr;
+  idx_t hist_k = 0;
+  if (hist != nullptr)
+    for (const auto& s : sections_)
+      if (detail::hist_eligible(s)) hist_k = std::max(hist_k, std::max(s.k, s.kr));
+  const idx_t nchunks = hist_k > 0 ? (batch + detail::kHistChunk - 1) / detail::kHistChunk : 0;
+  std::vector<std::vector<float>> xst(static_cast<std::size_t>(nchunks));  // per chunk [N, width]
+  std::vector<idx_t> xst_w(static_cast<std::size_t>(nchunks));
+  for (idx_t q = 0; q < nchunks; ++q) {
+    const idx_t b0 = q * detail::kHistChunk;
+    const idx_t nb = std::min<idx_t>(detail::kHistChunk, batch - b0);
+    const idx_t w = (nb + 7) / 8 * 8;
+    xst_w[static_cast<std::size_t>(q)] = w;
+    auto& t = xst[static_cast<std::size_t>(q)];
+    t.assign(static_cast<std::size_t>(N_ * w), 0.0f);
+    for (idx_t b = 0; b < nb; ++b)
+      for (idx_t p = 0; p < N_; ++p) t[static_cast<std::size_t>(p * w + b)] = xs[static_cast<std::size_t>((b0 + b) * N_ + p)];
+  }
+
   auto task = [&](idx_t t) {
     std::vector<float> acc(static_cast<std::size_t>(batch * ld), 0.0f);  // [batch, ld]
+    std::vector<float> scratch(static_cast<std::size_t>(2 * hist_k * detail::kHistChunk));  // [2, k, chunk]
     const idx_t row0 = t * task_rows_;
     for (const auto& s : sections_) {
       const idx_t th = s.tile_rows();
       const idx_t first = row0 / th;
       const idx_t last = std::min(s.num_tiles, first + task_rows_ / th);
+      const bool use_hist = hist_k > 0 && detail::hist_eligible(s);
       for (idx_t tt = first; tt < last; ++tt) {
         const detail::TileArgs a = detail::tile_args(s, tt);
-        kern(a, xs.data() + s.col_begin, N_, batch, acc.data() + (tt * th - row0), ld);
+        float* at = acc.data() + (tt * th - row0);
+        if (use_hist) {
+          for (idx_t q = 0; q < nchunks; ++q) {
+            const idx_t b0 = q * detail::kHistChunk;
+            const idx_t w = xst_w[static_cast<std::size_t>(q)];
+            hist(a, xst[static_cast<std::size_t>(q)].data() + s.col_begin * w, w,
+                 std::min<idx_t>(detail::kHistChunk, batch - b0), at + b0 * ld, ld, scratch.data());
+          }
+        } else {
+          kern(a, xs.data() + s.col_begin, N_, batch, at, ld);
+        }
       }
     }
     const idx_t rows = std::min(task_rows_, M_ - row0);

@@ -23,6 +23,8 @@
 // reference only by fused multiply-add rounding, so for an output with
 // n = N (+ N with a residual) accumulated terms t_k:
 //   |y_simd - y_scalar| <= 2 · (n + 2) · 2^-24 · (Σ_k |t_k| + |Σ x·bias| + |layer bias|).
+// The histogram form for batches (GemvOptions::hist_min_batch) regroups the sums:
+// per output, n + k + 2 terms in the same bound.
 // Results are bit-identical for any thread count (row tiles are fixed, each
 // output is computed by one thread). NaN/Inf in x propagate as in a dense BLAS
 // product: a non-finite x[b, j] makes (essentially) every y[b, :] non-finite.
@@ -55,6 +57,11 @@ struct GemvOptions {
   /// buffer and multiply with BLAS (cblas_sgemm) instead of the lookup kernel.
   /// 0 = never. Default from measurements (bench/bench_gemv.py).
   idx_t blas_min_batch = 0;
+  /// Batches of at least this many rows use the histogram form on sections with
+  /// v <= 8 and fp32 codebooks of <= 1024 entries (SIMD levels only): per row block,
+  /// activations are summed per codebook entry, then multiplied by the codebook once
+  /// (k·v instead of N·v multiply-adds per batch row). 0 = never.
+  idx_t hist_min_batch = 8;
 };
 
 namespace detail {
@@ -97,6 +104,8 @@ class GemvPlan {
   idx_t task_rows() const { return task_rows_; }
   /// Changes the BLAS switch point (see GemvOptions::blas_min_batch).
   void set_blas_min_batch(idx_t b) { opt_.blas_min_batch = b; }
+  /// Changes the histogram switch point (see GemvOptions::hist_min_batch).
+  void set_hist_min_batch(idx_t b) { opt_.hist_min_batch = b; }
   const GemvOptions& options() const { return opt_; }
 
   /// Bytes held by the plan (indices + codebooks + vectors).

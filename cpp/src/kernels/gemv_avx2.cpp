@@ -17,4 +17,9 @@ void gemv_tile_avx2(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, 
 
 void dequant_t_avx2(const TileArgs& a, float* qt, idx_t ldq) { avx2_impl::dequant_t(a, qt, ldq); }
 
+void gemv_hist_avx2(const TileArgs& a, const float* xst, idx_t ldt, idx_t batch, float* acc, idx_t ld,
+                    float* scratch) {
+  avx2_impl::hist(a, xst, ldt, batch, acc, ld, scratch);
+}
+
 }  // namespace vptq::detail

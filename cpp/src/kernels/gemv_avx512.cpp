@@ -19,4 +19,9 @@ void gemv_tile_avx512(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch
 
 void dequant_t_avx512(const TileArgs& a, float* qt, idx_t ldq) { avx512_impl::dequant_t(a, qt, ldq); }
 
+void gemv_hist_avx512(const TileArgs& a, const float* xst, idx_t ldt, idx_t batch, float* acc, idx_t ld,
+                    float* scratch) {
+  avx512_impl::hist(a, xst, ldt, batch, acc, ld, scratch);
+}
+
 }  // namespace vptq::detail

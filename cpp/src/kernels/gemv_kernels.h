@@ -68,7 +68,30 @@ struct TileArgs {
   const void* rcb = nullptr;            ///< [kr, vp] residual codebook or nullptr
   const std::uint16_t* idx = nullptr;   ///< [cols, rb] this tile's main indices
   const std::uint16_t* ridx = nullptr;  ///< [cols, rb] residual indices or nullptr
+  idx_t k = 0, kr = 0;                  ///< codebook sizes (kr = 0: no residual)
 };
+
+/// Whether the histogram kernel handles a section: v <= 8, fp32 codebooks of at
+/// most kHistMaxK entries (the per-thread histogram stays in L1/L2).
+constexpr idx_t kHistMaxK = 1024;
+constexpr int kHistChunk = 16;  ///< batch rows per histogram pass (two 8-float vectors)
+
+/// Histogram ("group by index") form for batches: for each row block r and batch chunk,
+///   H[k, :] = Σ_{c : idx[c*rb+r] = k} xst[c, :]      (sequential in c)
+///   acc[b*ld + r*v + l] += Σ_k cb[k][l] · H[k, b]     (sequential in k)
+/// and the same for the residual codebook into a separate sum added afterwards.
+/// xst: [cols, ldt] transposed pre-scaled activations (column 0 = section's first
+/// column; lanes >= batch are 0), batch <= ldt, ldt a multiple of 8 <= kHistChunk;
+/// scratch: [2 * max(k, kr), kHistChunk] floats. Bound (vs the direct kernel): the sums are
+/// regrouped, n + k terms per output.
+using HistKernel = void (*)(const TileArgs& a, const float* xst, idx_t ldt, idx_t batch, float* acc, idx_t ld,
+                            float* scratch);
+#if defined(__x86_64__) || defined(__i386__)
+void gemv_hist_avx2(const TileArgs& a, const float* xst, idx_t ldt, idx_t batch, float* acc, idx_t ld,
+                    float* scratch);
+void gemv_hist_avx512(const TileArgs& a, const float* xst, idx_t ldt, idx_t batch, float* acc, idx_t ld,
+                      float* scratch);
+#endif
 
 /// Accumulates one tile: for b < batch, block r < rb, lane l < v (o = b*ld + r*v + l):
 ///   acc[o] = (acc[o] + Σ_c xs[b*ldx + c] · cb[idx[c*rb+r]][l]) + Σ_c xs[b*ldx + c] · rcb[ridx[c*rb+r]][l]

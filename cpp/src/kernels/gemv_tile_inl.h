@@ -134,7 +134,7 @@ inline void tile_rows(const TileArgs& a, const float* xs, idx_t ldx, float* acc,
 template <int NV, CodebookStorage S, bool RES, bool PRE>
 void tile_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
   // With a residual codebook each block needs two accumulators: halve the blocks.
-  constexpr int RBS1 = (NV == 1 ? VPTQ_GEMV_RBS1_NV1 : VPTQ_GEMV_RBS1_NV2);
+  constexpr int RBS1 = (NV == 1 ? VPTQ_GEMV_RBS1_NV1 : VPTQ_GEMV_RBS1_NV2) / (RES && NV == 2 ? 2 : 1);
   constexpr int RBSB0 = (NV == 1 ? VPTQ_GEMV_RBSB_NV1 : VPTQ_GEMV_RBSB_NV2) / (RES ? 2 : 1);
   constexpr int RBSB = RBSB0 > 0 ? RBSB0 : 1;
   constexpr int BT = VPTQ_GEMV_BT;
@@ -143,23 +143,23 @@ void tile_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float
     const int n = a.v - 8 * h;  // valid lanes in this vector (>= 1 since v > 8 * (NV - 1))
     masks[h] = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  idx_t b = 0;
-  for (; b + BT <= batch; b += BT)
-    tile_rows<NV, S, RES, PRE, RBSB, BT>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
-  const idx_t rem = batch - b;
-  if constexpr (BT > 2) {
-    if (rem == 2) {
+  static_assert(BT == 3, "batch decomposition below assumes register tiles of 3 (and 2) rows");
+  if (batch == 1) {
+    tile_rows<NV, S, RES, PRE, RBS1, 1>(a, xs, ldx, acc, ld, masks);
+    return;
+  }
+  // batch >= 2: tiles of 3 rows, and 2 rows where 3 would leave a single row
+  // (a 1-row pass costs nearly as much as a 3-row one).
+  for (idx_t b = 0; b < batch;) {
+    const idx_t left = batch - b;
+    if (left == 2 || left == 4) {
       tile_rows<NV, S, RES, PRE, RBSB, 2>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
-      return;
-    }
-  }
-  if constexpr (BT > 3) {
-    if (rem == 3) {
+      b += 2;
+    } else {
       tile_rows<NV, S, RES, PRE, RBSB, 3>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
-      return;
+      b += 3;
     }
   }
-  if (rem == 1) tile_rows<NV, S, RES, PRE, RBS1, 1>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
 }
 
 template <int NV, CodebookStorage S>
@@ -254,6 +254,87 @@ inline void dequant_t(const TileArgs& a, float* qt, idx_t ldq) {
     dequant_t_storage<1>(a, qt, ldq);
   else
     dequant_t_storage<2>(a, qt, ldq);
+}
+
+/// Histogram kernel body (see gemv_kernels.h); NB = ldt / 8 vectors per histogram row.
+/// Two row blocks (r, r + 1) are scattered together into separate histograms so that
+/// their load-add-store chains interleave.
+template <int NB, bool PRE>
+void hist_two(const float* cb, idx_t k, const std::uint16_t* ip, int rb, idx_t cols, const float* xst, float* H,
+              float* out /*[2][v][8 * NB]*/, int v) {
+  constexpr int W = 8 * NB;
+  float* H0 = H;
+  float* H1 = H + k * W;
+  for (idx_t i = 0; i < 2 * k * W; i += 8) _mm256_storeu_ps(H + i, _mm256_setzero_ps());
+  for (idx_t c = 0; c < cols; ++c) {
+    const std::uint32_t e0 = PRE ? static_cast<std::uint32_t>(ip[c * rb]) >> 3 : ip[c * rb];  // vp == 8
+    const std::uint32_t e1 = PRE ? static_cast<std::uint32_t>(ip[c * rb + 1]) >> 3 : ip[c * rb + 1];
+    float* h0 = H0 + static_cast<idx_t>(e0) * W;
+    float* h1 = H1 + static_cast<idx_t>(e1) * W;
+    const float* xc = xst + c * W;
+#pragma GCC unroll 2
+    for (int j = 0; j < NB; ++j) {
+      const __m256 xv = _mm256_loadu_ps(xc + 8 * j);
+      _mm256_storeu_ps(h0 + 8 * j, _mm256_add_ps(_mm256_loadu_ps(h0 + 8 * j), xv));
+      _mm256_storeu_ps(h1 + 8 * j, _mm256_add_ps(_mm256_loadu_ps(h1 + 8 * j), xv));
+    }
+  }
+  // out[q][l][b] = Σ_k cb[k][l] · Hq[k, b]
+  for (int q = 0; q < 2; ++q) {
+    const float* Hq = H + q * k * W;
+    for (int j = 0; j < NB; ++j) {
+      __m256 A[8];
+#pragma GCC unroll 8
+      for (int l = 0; l < 8; ++l) A[l] = _mm256_setzero_ps();
+      for (idx_t kk = 0; kk < k; ++kk) {
+        const __m256 h = _mm256_loadu_ps(Hq + kk * W + 8 * j);
+        const float* e = cb + kk * 8;
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; ++l) A[l] = _mm256_fmadd_ps(_mm256_broadcast_ss(e + l), h, A[l]);
+      }
+#pragma GCC unroll 8
+      for (int l = 0; l < 8; ++l)
+        if (l < v) _mm256_storeu_ps(out + (q * 8 + l) * W + 8 * j, A[l]);
+    }
+  }
+}
+
+template <int NB, bool PRE>
+void hist_impl(const TileArgs& a, const float* xst, idx_t batch, float* acc, idx_t ld, float* scratch) {
+  constexpr int W = 8 * NB;
+  const int v = a.v, rb = a.rb;
+  alignas(32) float outm[2 * 8 * W];
+  alignas(32) float outr[2 * 8 * W];
+  const float* cb = static_cast<const float*>(a.cb);
+  const float* rcb = static_cast<const float*>(a.rcb);
+  for (int r = 0; r < rb; r += 2) {  // rb is even (8)
+    hist_two<NB, PRE>(cb, a.k, a.idx + r, rb, a.cols, xst, scratch, outm, v);
+    if (rcb != nullptr) hist_two<NB, PRE>(rcb, a.kr, a.ridx + r, rb, a.cols, xst, scratch, outr, v);
+    for (int q = 0; q < 2; ++q)
+      for (idx_t b = 0; b < batch; ++b) {
+        float* o = acc + b * ld + (r + q) * v;
+        for (int l = 0; l < v; ++l) {
+          float y = o[l] + outm[(q * 8 + l) * W + b];
+          if (rcb != nullptr) y += outr[(q * 8 + l) * W + b];
+          o[l] = y;
+        }
+      }
+  }
+}
+
+inline void hist(const TileArgs& a, const float* xst, idx_t ldt, idx_t batch, float* acc, idx_t ld,
+                 float* scratch) {
+  if (ldt == 8) {
+    if (a.premul)
+      hist_impl<1, true>(a, xst, batch, acc, ld, scratch);
+    else
+      hist_impl<1, false>(a, xst, batch, acc, ld, scratch);
+  } else {
+    if (a.premul)
+      hist_impl<2, true>(a, xst, batch, acc, ld, scratch);
+    else
+      hist_impl<2, false>(a, xst, batch, acc, ld, scratch);
+  }
 }
 
 inline void tile(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
