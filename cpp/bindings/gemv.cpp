@@ -31,7 +31,8 @@ std::unique_ptr<GemvPlan> make_plan(const py::dict& layout, const CArray<float>&
   }
   GemvOptions opt;
   opt.allow_compact_codebooks = compact_codebooks;
-  VPTQ_CHECK(blas_min_batch >= 0, "blas_min_batch: expected >= 0 (0 = never), got ", blas_min_batch);
+  VPTQ_CHECK(blas_min_batch >= -1, "blas_min_batch: expected >= 0 (0 = never) or -1 (automatic), got ",
+             blas_min_batch);
   opt.blas_min_batch = blas_min_batch;
   py::gil_scoped_release release;
   return std::make_unique<GemvPlan>(w, lb, opt);  // validates (check_weights) and copies
@@ -53,7 +54,8 @@ VPTQ_REGISTER_BINDINGS(gemv) {
            "Builds the kernel layout from unpacked VQ weights (same arrays as dequantize; layer_bias f32[M] or "
            "None). Validates everything (ValueError on bad shapes, out-of-range indices, non-permutation perm, "
            "non-finite values). compact_codebooks: allow exact fp16/bf16 storage of large codebooks. "
-           "blas_min_batch: batches with at least this many rows use dequantized tiles + BLAS (0 = never).")
+           "blas_min_batch: batches with at least this many rows use dequantized tiles + BLAS (0 = never, -1 = "
+           "automatic: 32 or 64 depending on the codebooks).")
       .def(
           "forward",
           [](const GemvPlan& p, const CArray<float>& x, const std::optional<std::string>& level) {

@@ -352,6 +352,11 @@ GemvPlan::GemvPlan(const VQWeightsView& w, const float* layer_bias, const GemvOp
         L.k2 > 0 ? w.res_centroids + g * L.k2 * L.v : nullptr, w.indices + off,
         L.k2 > 0 ? w.res_indices + off : nullptr, opt));
   }
+  if (opt_.blas_min_batch < 0) {
+    bool costly = false;  // residual lookups that the histogram form cannot take
+    for (const auto& s : sections_) costly = costly || (s.kr > 0 && !detail::hist_eligible(s));
+    opt_.blas_min_batch = costly ? 32 : 64;
+  }
   idx_t tr = 1;
   for (const auto& s : sections_) tr = detail::lcm(tr, s.tile_rows());
   task_rows_ = tr * std::max<idx_t>(1, (128 + tr - 1) / tr);

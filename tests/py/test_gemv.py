@@ -96,14 +96,21 @@ def test_matches_dense_dequantize_then_matmul(v: int, k1: int, k2: int, outliers
     np.testing.assert_array_equal(q.dequantize(), W)
 
 
-@pytest.mark.parametrize("batch", [1, 2, 3, 7, 16, 32, 33])
+@pytest.mark.parametrize("batch", [1, 2, 3, 7, 8, 16, 17, 32, 33, 70])
 def test_batch_sizes_agree_with_batch_one(batch: int) -> None:
+    """Direct kernel (batch < 8): each row bit-identical to a batch-1 call; histogram form
+    (8 <= batch < 64) and BLAS tiles (>= 64): within the stated bound with n + k terms."""
     d = random_vq(70, 40, 8, 256, 256, seed=3)
     q = QuantizedLinear.from_arrays(**d)
     x = np.random.default_rng(batch).standard_normal((batch, 40)).astype(np.float32)
     y = q(x)
+    W = dense(d)
+    tol = bound(x, d, W) * (2 * 40 + 512 + 2) / (2 * 40 + 2)
     for b in range(batch):
-        np.testing.assert_array_equal(y[b], q(x[b]))
+        if batch < 8:
+            np.testing.assert_array_equal(y[b], q(x[b]))
+        else:
+            assert np.all(np.abs(y[b] - q(x[b])) <= tol[b])
 
 
 def test_thread_count_bit_identical() -> None:
