@@ -143,13 +143,17 @@ struct Lloyd {
 
   double wt(idx_t i) const { return w ? static_cast<double>(w[i]) : 1.0; }
 
-  double assign() {
+  /// hinted: the current assignment is a valid starting guess (all but the first pass).
+  double assign(bool hinted) {
     const CodebookSearcher s(c.data(), k, d);
     const idx_t nb = (n + kAssignBlock - 1) / kAssignBlock;
     part.assign(static_cast<std::size_t>(nb), 0.0);
     parallel_for(nb, [&](idx_t b) {
       const idx_t i0 = b * kAssignBlock, cnt = std::min(kAssignBlock, n - i0);
-      s.search(x + i0 * d, cnt, a.data() + i0, dist.data() + i0);
+      if (hinted)
+        s.search_hinted(x + i0 * d, cnt, a.data() + i0, a.data() + i0, dist.data() + i0);
+      else
+        s.search(x + i0 * d, cnt, a.data() + i0, dist.data() + i0);
       double acc = 0.0;
       for (idx_t i = i0; i < i0 + cnt; ++i) acc += wt(i) * static_cast<double>(dist[static_cast<std::size_t>(i)]);
       part[static_cast<std::size_t>(b)] = acc;
@@ -282,11 +286,11 @@ KMeansStats weighted_kmeans(const float* x, idx_t n, int d, const float* w, idx_
   }
 
   KMeansStats st;
-  double prev = L.assign();
+  double prev = L.assign(false);
   st.inertia.push_back(prev);
   for (int it = 1; it <= params.max_iter; ++it) {
     st.empty_reseeded += L.update();
-    const double cur = L.assign();
+    const double cur = L.assign(true);
     st.inertia.push_back(cur);
     st.iterations = it;
     VPTQ_CHECK_NUMERIC(std::isfinite(cur), "weighted_kmeans: inertia became non-finite at iteration ", it);

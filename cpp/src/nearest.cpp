@@ -22,6 +22,7 @@ namespace vptq {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr idx_t kMinHintedK = 2048;  // search_hinted falls back to search() below this k
 
 /// Exact ||x - c||² in a fixed order (the same expression as the reference).
 inline float exact_dist(const float* x, const float* c, int d) {
@@ -67,6 +68,78 @@ void nearest_scores_scalar(const NearestCodebook& cb, const float* x, idx_t n, s
   }
 }
 
+namespace {
+/// Branch-free: number of leading elements of the ascending a[0, n) with a[i] < v (kUpper:
+/// a[i] <= v), i.e. std::lower_bound / upper_bound as an index.
+template <bool kUpper>
+inline idx_t count_below(const float* a, idx_t n, float v) {
+  if (n == 0) return 0;
+  const float* p = a;
+  while (n > 1) {  // trip count depends on n only; no data-dependent branch
+    const idx_t half = n / 2;
+    const bool right = kUpper ? p[half - 1] <= v : p[half - 1] < v;
+    p += half & -static_cast<idx_t>(right);
+    n -= half;
+  }
+  const bool last = kUpper ? *p <= v : *p < v;
+  return (p - a) + (last ? 1 : 0);
+}
+}  // namespace
+
+void nearest_hint_range(const NearestHintData& h, idx_t k, int d, const float* x, std::int32_t hint, idx_t* lo,
+                        idx_t* hi) {
+  (void)k;
+  // Triangle inequality: |‖x‖ - ‖c‖| <= ‖x - c‖, so a centroid nearer than c_hint has its norm
+  // within ‖x‖ ± ‖x - c_hint‖. The margin, 3e-5 (‖x‖² + ‖c_hint‖² + r²) >= 1e-5 (‖x‖ + ‖c_hint‖ + r)²,
+  // is far above the float rounding of the scores, so every centroid the full scan could pick
+  // stays in range.
+  const float* c = h.c + idx_t{hint} * d;
+  double nx2 = 0.0, ch2 = 0.0, r2 = 0.0;
+  for (int j = 0; j < d; ++j) {
+    const double xj = x[j], cj = c[j], t = xj - cj;
+    nx2 += xj * xj;
+    ch2 += cj * cj;
+    r2 += t * t;
+  }
+  const double nx = std::sqrt(nx2);
+  const double rr = std::sqrt(r2 + 3e-5 * (nx2 + ch2 + r2));
+  // Float bounds widened by 1e-6 (nx + rr), far more than the float rounding (the group
+  // extremes are rounded outwards as well).
+  const double slack = 1e-6 * (nx + rr);
+  const float a = static_cast<float>(nx - rr - slack);
+  const float b = static_cast<float>(nx + rr + slack);
+  // Groups entirely below a or above b hold no candidate.
+  *lo = count_below<false>(h.group_max, h.ngroups, a) * kNearestRangeGroup;
+  *hi = count_below<true>(h.group_min, h.ngroups, b) * kNearestRangeGroup;
+}
+
+void nearest_scores_hinted_scalar(const NearestCodebook& cb, const NearestHintData& h, const float* x, idx_t n,
+                                  const std::int32_t* hint, std::int32_t* idx) {
+  const int d = cb.d;
+  float qm2[16];
+  for (idx_t q = 0; q < n; ++q) {
+    const float* xq = x + q * d;
+    const std::int32_t hq = hint[q];
+    idx_t lo = 0, hi = 0;
+    nearest_hint_range(h, cb.k, d, xq, hq, &lo, &hi);
+    for (int j = 0; j < d; ++j) qm2[j] = -2.0f * xq[j];
+    float best = h.norm2[hq];
+    for (int j = 0; j < d; ++j) best += qm2[j] * h.c[idx_t{hq} * d + j];
+    std::int32_t bi = hq;
+    for (idx_t pos = lo; pos < hi; ++pos) {
+      const float* blk = cb.cb + (pos / kNearestBlock) * d * kNearestBlock + pos % kNearestBlock;
+      float s = cb.norms[pos];
+      for (int j = 0; j < d; ++j) s += qm2[j] * blk[j * kNearestBlock];
+      const std::int32_t o = cb.perm[pos];
+      if (s < best || (s == best && o < bi)) {
+        best = s;
+        bi = o;
+      }
+    }
+    idx[q] = bi;
+  }
+}
+
 }  // namespace kernels
 
 CodebookSearcher::CodebookSearcher(const float* c, idx_t k, int d) : k_(k), d_(d), kpad_(0) {
@@ -93,6 +166,79 @@ CodebookSearcher::CodebookSearcher(const float* c, idx_t k, int d) : k_(k), d_(d
       nrm += v * v;
     }
     norms_[static_cast<std::size_t>(i)] = nrm;
+  }
+  // Norm-sorted copy of the layout for search_hinted (ties in norm: original order).
+  std::vector<double> cn(static_cast<std::size_t>(k));
+  for (idx_t i = 0; i < k; ++i) {
+    double s = 0.0;
+    for (int j = 0; j < d; ++j) s += static_cast<double>(c[i * d + j]) * c[i * d + j];
+    cn[static_cast<std::size_t>(i)] = std::sqrt(s);
+  }
+  perm_.assign(static_cast<std::size_t>(kpad_), static_cast<std::int32_t>(k));
+  for (idx_t i = 0; i < k; ++i) perm_[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+  std::stable_sort(perm_.begin(), perm_.begin() + k, [&](std::int32_t a, std::int32_t b) {
+    return cn[static_cast<std::size_t>(a)] < cn[static_cast<std::size_t>(b)];
+  });
+  soa_sorted_.assign(static_cast<std::size_t>(kpad_ * d), 0.0f);
+  norms_sorted_.assign(static_cast<std::size_t>(kpad_), kInf);
+  constexpr idx_t G = kernels::kNearestRangeGroup;
+  static_assert(kernels::kNearestPad % kernels::kNearestRangeGroup == 0, "groups must tile the padding");
+  const idx_t ngroups = kpad_ / G;
+  group_min_.assign(static_cast<std::size_t>(ngroups), kInf);
+  group_max_.assign(static_cast<std::size_t>(ngroups), kInf);
+  for (idx_t p = 0; p < k; ++p) {
+    const idx_t i = perm_[static_cast<std::size_t>(p)], b = p / B, l = p % B;
+    for (int j = 0; j < d; ++j) soa_sorted_[static_cast<std::size_t>((b * d + j) * B + l)] = c[i * d + j];
+    norms_sorted_[static_cast<std::size_t>(p)] = norms_[static_cast<std::size_t>(i)];
+    const double v = cn[static_cast<std::size_t>(i)];
+    const std::size_t g = static_cast<std::size_t>(p / G);
+    if (p % G == 0) group_min_[g] = std::nextafter(static_cast<float>(v), -kInf);  // ascending: first is min
+    group_max_[g] = std::nextafter(static_cast<float>(v), kInf);                   // last is max
+  }
+}
+
+void CodebookSearcher::search_hinted(const float* x, idx_t n, const std::int32_t* hint, std::int32_t* idx,
+                                     float* dist) const {
+  check_search_args(x, n, idx);
+  if (n == 0) return;
+  VPTQ_CHECK(hint != nullptr, "search_hinted: hint must not be null");
+  for (idx_t i = 0; i < n; ++i)
+    VPTQ_CHECK(hint[i] >= 0 && hint[i] < k_, "search_hinted: expected hint in [0, ", k_, "), got ", hint[i],
+               " at index ", i);
+  // Small codebooks: the per-query range set-up (~200 cycles) costs more than it prunes
+  // (measured d = 8: slower at k = 256, even at k = 1024, 2x faster at k = 4096).
+  if (k_ < kMinHintedK) {
+    search(x, n, idx, dist);
+    return;
+  }
+  kernels::NearestCodebook cb;
+  cb.cb = soa_sorted_.data();
+  cb.norms = norms_sorted_.data();
+  cb.k = k_;
+  cb.kpad = kpad_;
+  cb.d = d_;
+  cb.perm = perm_.data();
+  kernels::NearestHintData h;
+  h.c = c_.data();
+  h.norm2 = norms_.data();
+  h.group_min = group_min_.data();
+  h.group_max = group_max_.data();
+  h.ngroups = static_cast<idx_t>(group_min_.size());
+  switch (get_simd_level()) {
+#if defined(VPTQ_NEAREST_X86)
+    case SimdLevel::AVX512:
+      kernels::nearest_scores_hinted_avx512(cb, h, x, n, hint, idx);
+      break;
+    case SimdLevel::AVX2:
+      kernels::nearest_scores_hinted_avx2(cb, h, x, n, hint, idx);
+      break;
+#endif
+    default:
+      kernels::nearest_scores_hinted_scalar(cb, h, x, n, hint, idx);
+      break;
+  }
+  if (dist) {
+    for (idx_t i = 0; i < n; ++i) dist[i] = exact_dist(x + i * d_, c_.data() + idx_t{idx[i]} * d_, d_);
   }
 }
 

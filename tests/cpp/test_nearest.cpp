@@ -37,13 +37,31 @@ std::vector<float> gaussian(std::mt19937& g, idx_t count) {
   return v;
 }
 
-enum class Path { Fused, Gemm };
+enum class Path { Fused, Gemm, HintedRandom, HintedInPlace };
 
 void run(const vptq::CodebookSearcher& s, Path p, const float* x, idx_t n, std::int32_t* idx, float* dist) {
-  if (p == Path::Fused)
-    s.search(x, n, idx, dist);
-  else
-    s.search_gemm(x, n, idx, dist);
+  switch (p) {
+    case Path::Fused:
+      s.search(x, n, idx, dist);
+      break;
+    case Path::Gemm:
+      s.search_gemm(x, n, idx, dist);
+      break;
+    case Path::HintedRandom: {
+      // Arbitrary (valid) hints: the result must not depend on them.
+      std::vector<std::int32_t> hint(static_cast<std::size_t>(n));
+      for (idx_t i = 0; i < n; ++i) hint[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 7919) % s.k());
+      s.search_hinted(x, n, hint.data(), idx, dist);
+      break;
+    }
+    case Path::HintedInPlace: {
+      // Good hints (a plain search), passed in the output array itself (k-means usage).
+      s.search(x, n, idx, nullptr);
+      for (idx_t i = 0; i < n; i += 3) idx[i] = static_cast<std::int32_t>((idx[i] + 1) % s.k());
+      s.search_hinted(x, n, idx, idx, dist);
+      break;
+    }
+  }
 }
 
 /// Exact data: identical indices (incl. tie-breaking) and distances.
@@ -138,6 +156,47 @@ TEST_P(NearestLevel, searcher_is_reusable_and_matches_one_shot) {
   }
 }
 
+TEST_P(NearestLevel, hinted_search_matches_reference_on_exact_data) {
+  // k >= 2048 takes the norm-range path; smaller k falls back to the full scan.
+  for (Path p : {Path::HintedRandom, Path::HintedInPlace}) {
+    for (int d : {1, 2, 3, 6, 8, 12, 16}) {
+      expect_exact_match(p, d, 2500, 37, 300u + d, -4, 4);
+      expect_exact_match(p, d, 2049, 16, 400u + d, -1, 1);  // many ties
+    }
+    expect_exact_match(p, 8, 300, 9, 500u, -4, 4);
+    expect_exact_match(p, 4, 4099, 1, 501u, -50, 50);
+  }
+}
+
+TEST_P(NearestLevel, hinted_search_is_near_optimal_on_random_data) {
+  for (Path p : {Path::HintedRandom, Path::HintedInPlace})
+    for (int d : {2, 8, 16}) expect_near_optimal(p, d, 3000, 29, 600u + d);
+  // Heavy-tailed norms (where the range pruning does most): scaled rows.
+  std::mt19937 g(77);
+  const int d = 8;
+  const idx_t k = 4096, n = 200;
+  std::vector<float> c = gaussian(g, k * d), x = gaussian(g, n * d);
+  std::lognormal_distribution<float> ln(0.0f, 1.0f);
+  for (idx_t j = 0; j < k; ++j) {
+    const float sc = ln(g);
+    for (int t = 0; t < d; ++t) c[static_cast<std::size_t>(j * d + t)] *= sc;
+  }
+  for (idx_t i = 0; i < n; ++i) {
+    const float sc = ln(g);
+    for (int t = 0; t < d; ++t) x[static_cast<std::size_t>(i * d + t)] *= sc;
+  }
+  std::vector<std::int32_t> idx(static_cast<std::size_t>(n)), ref(static_cast<std::size_t>(n));
+  std::vector<float> dist(static_cast<std::size_t>(n)), ref_dist(static_cast<std::size_t>(n));
+  vptq::nearest_centroid_ref(x.data(), n, d, c.data(), k, ref.data(), ref_dist.data());
+  const vptq::CodebookSearcher s(c.data(), k, d);
+  for (idx_t i = 0; i < n; ++i) idx[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 31) % k);
+  s.search_hinted(x.data(), n, idx.data(), idx.data(), dist.data());
+  for (idx_t i = 0; i < n; ++i) {
+    const float best = ref_dist[static_cast<std::size_t>(i)];
+    ASSERT_LE(dist[static_cast<std::size_t>(i)], best * (1.0f + 1e-5f) + 1e-6f) << "query " << i;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Levels, NearestLevel,
                          ::testing::Values(SimdLevel::Scalar, SimdLevel::AVX2, SimdLevel::AVX512),
                          [](const ::testing::TestParamInfo<SimdLevel>& info) {
@@ -168,6 +227,11 @@ TEST(NearestSearcher, rejects_bad_arguments) {
   EXPECT_THROW(s.search(nullptr, 1, &idx, nullptr), std::invalid_argument);
   EXPECT_THROW(s.search(c.data(), -1, &idx, nullptr), std::invalid_argument);
   EXPECT_NO_THROW(s.search(nullptr, 0, nullptr, nullptr));
+  std::int32_t bad_hint = 4;
+  EXPECT_THROW(s.search_hinted(c.data(), 1, &bad_hint, &idx, nullptr), std::invalid_argument);
+  bad_hint = -1;
+  EXPECT_THROW(s.search_hinted(c.data(), 1, &bad_hint, &idx, nullptr), std::invalid_argument);
+  EXPECT_THROW(s.search_hinted(c.data(), 1, nullptr, &idx, nullptr), std::invalid_argument);
   EXPECT_EQ(s.k(), 4);
   EXPECT_EQ(s.d(), 4);
 }

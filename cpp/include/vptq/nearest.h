@@ -48,6 +48,14 @@ class CodebookSearcher {
   /// search() for d <= 16 (see bench notes in nearest.cpp); kept for comparison and tests.
   /// Uses a per-thread scratch tile; call BLAS single-threaded inside parallel regions.
   void search_gemm(const float* x, idx_t n, std::int32_t* idx, float* dist) const;
+  /// Same contract and result as search() (up to float rounding of near-ties; identical on
+  /// exactly representable data), faster when hint[i] is near the answer, e.g. the previous
+  /// k-means assignment: a centroid nearer than c_hint has its norm within
+  /// ||x|| ± ||x - c_hint|| (triangle inequality), so only centroids in that norm range (plus a
+  /// rounding margin) are scanned, in a copy of the codebook sorted by norm. For k < 2048 the
+  /// set-up costs more than it saves and this is search() (hint unused, but still checked).
+  /// hint: [n] indices in [0, k) (may be the same array as idx). No heap allocation.
+  void search_hinted(const float* x, idx_t n, const std::int32_t* hint, std::int32_t* idx, float* dist) const;
   /// Row-major copy of the codebook, [k, d].
   const float* centroids() const { return c_.data(); }
 
@@ -59,6 +67,11 @@ class CodebookSearcher {
   // [kpad/16, d, 16]: blocks of 16 centroids, dimension-major (64-byte aligned)
   std::vector<float, detail::Aligned64Allocator<float>> c_soa_;
   std::vector<float, detail::Aligned64Allocator<float>> norms_;  // [kpad] ||c_j||², +inf for padding
+  // The same layout with centroids sorted by norm (search_hinted).
+  std::vector<float, detail::Aligned64Allocator<float>> soa_sorted_;    // [kpad/16, d, 16]
+  std::vector<float, detail::Aligned64Allocator<float>> norms_sorted_;  // [kpad]
+  std::vector<std::int32_t> perm_;                                      // [kpad] position -> index (pad: k)
+  std::vector<float> group_min_, group_max_;  // [kpad/32] ||c|| range of each group of 32 positions
 };
 
 /// Reference: brute force, exact ||x - c||² with a scalar loop. Same contract as search().

@@ -4,6 +4,8 @@
 #if defined(VPTQ_NEAREST_X86)
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "kernels/nearest_body-inl.h"
 
 namespace vptq::kernels {
@@ -19,6 +21,8 @@ struct Avx2 {
   static reg set1(float v) { return _mm256_set1_ps(v); }
   static reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static float fma1(float a, float b, float c) { return std::fma(a, b, c); }
+  static bool any_le(reg a, reg b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ)) != 0; }
   static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
   static bool any_lt(reg a, reg b) { return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)) != 0; }
   static float hmin(reg a) {
@@ -35,6 +39,11 @@ struct Avx2 {
 
 void nearest_scores_avx2(const NearestCodebook& cb, const float* x, idx_t n, std::int32_t* idx) {
   nearest_body::search<Avx2, kQueriesPerStep>(cb, x, n, idx);
+}
+
+void nearest_scores_hinted_avx2(const NearestCodebook& cb, const NearestHintData& h, const float* x, idx_t n,
+                                const std::int32_t* hint, std::int32_t* idx) {
+  nearest_body::search_hinted<Avx2, kQueriesPerStep>(cb, h, x, n, hint, idx);
 }
 
 }  // namespace vptq::kernels

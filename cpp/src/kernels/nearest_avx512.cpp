@@ -5,6 +5,8 @@
 #if defined(VPTQ_NEAREST_X86)
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "kernels/nearest_body-inl.h"
 
 namespace vptq::kernels {
@@ -22,6 +24,8 @@ struct Avx512 {
   static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   // Masked form with an all-ones mask: same result as _mm512_min_ps, whose GCC 12 header
   // version trips -Wmaybe-uninitialized (_mm512_undefined_ps).
+  static float fma1(float a, float b, float c) { return std::fma(a, b, c); }
+  static bool any_le(reg a, reg b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ) != 0; }
   static reg min(reg a, reg b) { return _mm512_mask_min_ps(a, static_cast<__mmask16>(0xFFFF), a, b); }
   static bool any_lt(reg a, reg b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ) != 0; }
   static float hmin(reg a) {
@@ -37,6 +41,11 @@ struct Avx512 {
 
 void nearest_scores_avx512(const NearestCodebook& cb, const float* x, idx_t n, std::int32_t* idx) {
   nearest_body::search<Avx512, kQueriesPerStep>(cb, x, n, idx);
+}
+
+void nearest_scores_hinted_avx512(const NearestCodebook& cb, const NearestHintData& h, const float* x, idx_t n,
+                                  const std::int32_t* hint, std::int32_t* idx) {
+  nearest_body::search_hinted<Avx512, kQueriesPerStep>(cb, h, x, n, hint, idx);
 }
 
 }  // namespace vptq::kernels

@@ -1,7 +1,8 @@
 // Private: the fused nearest-centroid kernel body shared by the per-ISA translation
 // units (nearest_avx2.cpp, nearest_avx512.cpp). Include only from a TU compiled with the
 // matching ISA flags; `V` is a traits struct of that TU:
-//   V::reg, V::W (lanes), load(p), set1(v), bcast(p) (= set1(*p), from memory), fmadd(a, b, c) = a*b + c, min(a, b),
+//   V::reg, V::W (lanes), load(p), set1(v), bcast(p) (= set1(*p), from memory),
+//   fma1(a, b, c) (scalar, rounded like one lane of fmadd), any_le(a, b), fmadd(a, b, c) = a*b + c, min(a, b),
 //   any_lt(a, b) (some lane a < b), hmin(a) (min over lanes), eq_mask(a, b) (bit l set
 //   iff lane l of a == lane l of b).
 //
@@ -26,7 +27,7 @@
 
 namespace vptq::kernels::nearest_body {
 
-template <class V, int D, int QN>
+template <class V, int D, int QN, bool kHint = false>
 inline void run_tile(const NearestCodebook& cb, const float* x /*[QN, D]*/, idx_t c_begin, idx_t c_end,
                      float* best /*[QN] in/out*/, std::int32_t* besti /*[QN] in/out*/) {
   using reg = typename V::reg;
@@ -82,17 +83,40 @@ inline void run_tile(const NearestCodebook& cb, const float* x /*[QN, D]*/, idx_
 #pragma GCC unroll 4
     for (int qi = 0; qi < QN; ++qi) {
       const reg m = V::min(V::min(acc[qi][0], acc[qi][1]), V::min(acc[qi][2], acc[qi][3]));
-      if (V::any_lt(m, bv[qi])) {
-        // Some centroid of the chunk beats the running best: the chunk minimum (one of the
-        // scores) and the lowest index holding it are the same as a strict '<' scan gives.
-        const float mv = V::hmin(m);
-        const reg mvv = V::set1(mv);
-        std::uint64_t mask = 0;
+      if constexpr (!kHint) {
+        if (V::any_lt(m, bv[qi])) {
+          // Some centroid of the chunk beats the running best: the chunk minimum (one of the
+          // scores) and the lowest index holding it are what a strict '<' scan gives.
+          const float mv = V::hmin(m);
+          const reg mvv = V::set1(mv);
+          std::uint64_t mask = 0;
 #pragma GCC unroll 4
-        for (int u = 0; u < 4; ++u) mask |= static_cast<std::uint64_t>(V::eq_mask(acc[qi][u], mvv)) << (u * W);
-        best[qi] = mv;
-        besti[qi] = static_cast<std::int32_t>(c0 + __builtin_ctzll(mask));
-        bv[qi] = mvv;
+          for (int u = 0; u < 4; ++u)
+            mask |= static_cast<std::uint64_t>(V::eq_mask(acc[qi][u], mvv)) << (u * W);
+          best[qi] = mv;
+          besti[qi] = static_cast<std::int32_t>(c0 + __builtin_ctzll(mask));
+          bv[qi] = mvv;
+        }
+      } else {
+        // Permuted layout, best seeded with the hint's score: equal scores may come in any
+        // order, so take '<=' and keep the lowest original index among equal minima.
+        if (V::any_le(m, bv[qi])) {
+          const float mv = V::hmin(m);
+          const reg mvv = V::set1(mv);
+          std::uint64_t mask = 0;
+#pragma GCC unroll 4
+          for (int u = 0; u < 4; ++u)
+            mask |= static_cast<std::uint64_t>(V::eq_mask(acc[qi][u], mvv)) << (u * W);
+          std::int32_t bi = cb.perm[c0 + __builtin_ctzll(mask)];
+          for (mask &= mask - 1; mask; mask &= mask - 1) bi = std::min(bi, cb.perm[c0 + __builtin_ctzll(mask)]);
+          if (mv < best[qi]) {
+            best[qi] = mv;
+            besti[qi] = bi;
+            bv[qi] = mvv;
+          } else {
+            besti[qi] = std::min(besti[qi], bi);
+          }
+        }
       }
     }
   }
@@ -123,6 +147,67 @@ void search_fixed(const NearestCodebook& cb, const float* x /*[n, D]*/, idx_t n,
   }
 }
 
+template <class V, int D, int QN>
+void search_hinted_fixed(const NearestCodebook& cb, const NearestHintData& h, const float* x /*[n, D]*/, idx_t n,
+                         const std::int32_t* hint /*[n]*/, std::int32_t* idx /*[n]*/) {
+  constexpr int CH = 4 * V::W;
+  constexpr idx_t QB = 128;
+  constexpr idx_t T = std::max<idx_t>(CH, (16384 / ((D + 1) * 4)) / CH * CH);
+  alignas(64) float xs[QB * D];  // block queries in range order
+  float best[QB];
+  std::int32_t besti[QB];
+  idx_t lo[QB], hi[QB];
+  int order[QB];
+  for (idx_t q0 = 0; q0 < n; q0 += QB) {
+    const idx_t nq = std::min(QB, n - q0);
+    for (idx_t q = 0; q < nq; ++q) {
+      const float* xq = x + (q0 + q) * D;
+      const std::int32_t hq = hint[q0 + q];
+      nearest_hint_range(h, cb.k, D, xq, hq, &lo[q], &hi[q]);
+      lo[q] = lo[q] / CH * CH;  // kNearestRangeGroup multiples -> chunk multiples
+      hi[q] = std::min(cb.kpad, (hi[q] + CH - 1) / CH * CH);
+      // The hint's score in the kernel's own arithmetic (same FMA chain as a lane).
+      float sc = h.norm2[hq];
+      for (int j = 0; j < D; ++j) sc = V::fma1(h.c[idx_t{hq} * D + j], -2.0f * xq[j], sc);
+      best[q] = sc;
+      besti[q] = hq;
+      order[q] = static_cast<int>(q);
+    }
+    // Neighbours in range order share most of their range: pair them (union of ranges).
+    std::sort(order, order + nq, [&](int a, int b) { return lo[a] != lo[b] ? lo[a] < lo[b] : a < b; });
+    float bs[QB];
+    std::int32_t bis[QB];
+    idx_t los[QB], his[QB];
+    for (idx_t p = 0; p < nq; ++p) {
+      const int q = order[p];
+      std::copy(x + (q0 + q) * D, x + (q0 + q + 1) * D, xs + p * D);
+      bs[p] = best[q];
+      bis[p] = besti[q];
+      los[p] = lo[q];
+      his[p] = hi[q];
+    }
+    for (idx_t t0 = 0; t0 < cb.kpad; t0 += T) {
+      const idx_t t1 = std::min(cb.kpad, t0 + T);
+      idx_t p = 0;
+      for (; p + QN <= nq; p += QN) {
+        idx_t b = los[p], e = his[p];
+        for (int i = 1; i < QN; ++i) {
+          b = std::min(b, los[p + i]);
+          e = std::max(e, his[p + i]);
+        }
+        b = std::max(b, t0);
+        e = std::min(e, t1);
+        if (b < e) run_tile<V, D, QN, true>(cb, xs + p * D, b, e, bs + p, bis + p);
+      }
+      for (; p < nq; ++p) {
+        const idx_t b = std::max(los[p], t0), e = std::min(his[p], t1);
+        if (b < e) run_tile<V, D, 1, true>(cb, xs + p * D, b, e, bs + p, bis + p);
+      }
+    }
+    for (idx_t p = 0; p < nq; ++p) idx[q0 + order[p]] = bis[p];
+  }
+}
+
 using SearchFn = void (*)(const NearestCodebook&, const float*, idx_t, std::int32_t*);
 
 template <class V, int QN, int... Ds>
@@ -137,6 +222,23 @@ template <class V, int QN>
 void search(const NearestCodebook& cb, const float* x, idx_t n, std::int32_t* idx) {
   const SearchFn fn = pick<V, QN>(cb.d, std::make_integer_sequence<int, 16>{});
   if (fn) fn(cb, x, n, idx);
+}
+
+using HintedFn = void (*)(const NearestCodebook&, const NearestHintData&, const float*, idx_t, const std::int32_t*,
+                          std::int32_t*);
+
+template <class V, int QN, int... Ds>
+constexpr HintedFn pick_hinted(int d, std::integer_sequence<int, Ds...>) {
+  HintedFn fn = nullptr;
+  ((fn = (d == Ds + 1) ? &search_hinted_fixed<V, Ds + 1, QN> : fn), ...);
+  return fn;
+}
+
+template <class V, int QN>
+void search_hinted(const NearestCodebook& cb, const NearestHintData& h, const float* x, idx_t n,
+                   const std::int32_t* hint, std::int32_t* idx) {
+  const HintedFn fn = pick_hinted<V, QN>(cb.d, std::make_integer_sequence<int, 16>{});
+  if (fn) fn(cb, h, x, n, hint, idx);
 }
 
 }  // namespace vptq::kernels::nearest_body

@@ -25,10 +25,39 @@ struct NearestCodebook {
   idx_t k = 0;     // real centroids
   idx_t kpad = 0;  // k rounded up to kNearestPad
   int d = 0;       // 1..16
+  /// [kpad] layout position -> original centroid index (padding: k), or nullptr when the
+  /// layout is in original order. With a permutation, ties are broken by original index.
+  const std::int32_t* perm = nullptr;
+};
+
+/// Granularity of the hinted search's candidate ranges (layout positions).
+constexpr int kNearestRangeGroup = 32;
+
+/// Extra data of the hinted search (layout sorted by ||c||, see CodebookSearcher::search_hinted).
+struct NearestHintData {
+  const float* c = nullptr;      // [k, d] centroids, original order, row-major
+  const float* norm2 = nullptr;  // [k] ||c_j||², original order (same values as the layout's)
+  /// [ngroups] min / max of ||c|| over each group of kNearestRangeGroup layout positions,
+  /// rounded outwards to float (+inf for groups of padding only); both ascending.
+  const float* group_min = nullptr;
+  const float* group_max = nullptr;
+  idx_t ngroups = 0;
 };
 
 /// Portable reference of the score kernel (baseline ISA). x: [n, d]; idx: out [n].
 void nearest_scores_scalar(const NearestCodebook& cb, const float* x, idx_t n, std::int32_t* idx);
+
+/// Hinted variants: cb is the norm-sorted layout (perm set); hint: [n] original indices in
+/// [0, k) (may alias idx); only centroids whose norm is within ||x|| ± (||x - c_hint|| + margin)
+/// are scanned, starting from the hint's score. x: [n, d]; idx: out [n].
+void nearest_scores_hinted_scalar(const NearestCodebook& cb, const NearestHintData& h, const float* x, idx_t n,
+                                  const std::int32_t* hint, std::int32_t* idx);
+
+/// Candidate range [lo, hi) of layout positions (multiples of kNearestRangeGroup, hi <= kpad) for
+/// query x and hint centroid c_h: every centroid outside it is farther from x than c_h by more
+/// than the rounding margin.
+void nearest_hint_range(const NearestHintData& h, idx_t k, int d, const float* x, std::int32_t hint, idx_t* lo,
+                        idx_t* hi);
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define VPTQ_NEAREST_X86 1
@@ -36,6 +65,10 @@ void nearest_scores_scalar(const NearestCodebook& cb, const float* x, idx_t n, s
 void nearest_scores_avx2(const NearestCodebook& cb, const float* x, idx_t n, std::int32_t* idx);
 /// AVX-512F kernel (nearest_avx512.cpp). x: [n, d]; idx: out [n].
 void nearest_scores_avx512(const NearestCodebook& cb, const float* x, idx_t n, std::int32_t* idx);
+void nearest_scores_hinted_avx2(const NearestCodebook& cb, const NearestHintData& h, const float* x, idx_t n,
+                                const std::int32_t* hint, std::int32_t* idx);
+void nearest_scores_hinted_avx512(const NearestCodebook& cb, const NearestHintData& h, const float* x, idx_t n,
+                                  const std::int32_t* hint, std::int32_t* idx);
 #endif
 
 }  // namespace vptq::kernels
