@@ -8,13 +8,12 @@ internal scores, never the contract (lowest index on exact ties).
 
 from __future__ import annotations
 
-import math
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _core
+from ._arrays import as_float_array, check_float, check_int
 
 _INITS = ("random", "k-means++")
 
@@ -30,28 +29,9 @@ class KMeansResult:
     iterations: int  # Lloyd iterations performed (<= max_iter)
 
 
-def _as_float32_2d(x: object, name: str) -> np.ndarray:
-    """C-contiguous float32 [n, d] copy/view of x with 1 <= d <= 16, n >= 1, all finite."""
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array [n, d], got shape {arr.shape}")
-    if arr.shape[0] < 1:
-        raise ValueError(f"{name}: expected at least one row, got shape {arr.shape}")
-    if not 1 <= arr.shape[1] <= 16:
-        raise ValueError(f"{name}: expected 1 <= d <= 16 columns, got shape {arr.shape}")
-    with np.errstate(over="ignore"):  # out-of-range float64 -> inf, rejected below
-        out = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(out).all():
-        raise ValueError(f"{name}: expected finite values (after conversion to float32), got NaN or Inf")
-    return out
-
-
-def _as_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    return operator.index(value)
+def _check_d(a: np.ndarray, name: str) -> None:
+    if not 1 <= a.shape[1] <= 16:
+        raise ValueError(f"{name}: expected 1 <= d <= 16 columns, got shape {a.shape}")
 
 
 def kmeans(
@@ -67,9 +47,9 @@ def kmeans(
     """Weighted k-means (Lloyd) of the rows of ``x``.
 
     Args:
-        x: [n, d] real array, 1 <= d <= 16, finite (converted to float32).
+        x: [n, d] float array (numpy or torch), 1 <= d <= 16, finite (converted to float32).
         k: number of clusters, 1 <= k <= n.
-        weights: [n] finite weights >= 0 (zero allowed), or None for all ones.
+        weights: [n] finite float weights >= 0 (zero allowed), or None for all ones.
         max_iter: maximum number of Lloyd iterations (>= 0).
         tol: stop when the relative decrease of the inertia is <= tol (>= 0).
         seed: seed of the initialisation (int in [0, 2**64)).
@@ -81,38 +61,25 @@ def kmeans(
         the cluster with the largest weighted error.
 
     Raises:
-        TypeError: non-numeric arrays, non-int k/max_iter/seed, non-str init.
+        TypeError: non-float arrays, non-int k/max_iter/seed, non-str init.
         ValueError: bad shapes, NaN/Inf, negative weights, k out of range, bad options.
     """
-    xa = _as_float32_2d(x, "x")
+    xa = as_float_array(x, "x", ndim=2)
+    _check_d(xa, "x")
     n = xa.shape[0]
-    k = _as_int(k, "k")
+    k = check_int(k, "k")
     if not 1 <= k <= n:
         raise ValueError(f"k: expected 1 <= k <= n = {n}, got {k}")
     wa = None
     if weights is not None:
-        w = np.asarray(weights)
-        if w.dtype.kind not in "fiu":
-            raise TypeError(f"weights: expected a real numeric array, got dtype {w.dtype}")
-        if w.shape != (n,):
-            raise ValueError(f"weights: expected shape ({n},), got {w.shape}")
-        with np.errstate(over="ignore"):
-            wa = np.ascontiguousarray(w, dtype=np.float32)
-        if not np.isfinite(wa).all():
-            raise ValueError("weights: expected finite values, got NaN or Inf")
+        wa = as_float_array(weights, "weights", ndim=1)
+        if wa.shape != (n,):
+            raise ValueError(f"weights: expected shape ({n},), got {wa.shape}")
         if (wa < 0).any():
             raise ValueError(f"weights: expected values >= 0, got min {float(wa.min())}")
-    max_iter = _as_int(max_iter, "max_iter")
-    if max_iter < 0:
-        raise ValueError(f"max_iter: expected >= 0, got {max_iter}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)):
-        raise TypeError(f"tol: expected a float, got {type(tol).__name__}")
-    tol = float(tol)
-    if not (math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol: expected a finite value >= 0, got {tol}")
-    seed = _as_int(seed, "seed")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed: expected 0 <= seed < 2**64, got {seed}")
+    max_iter = check_int(max_iter, "max_iter", 0, 2**31 - 1)
+    tol = check_float(tol, "tol", 0.0)
+    seed = check_int(seed, "seed", 0, 2**64 - 1)
     if not isinstance(init, str):
         raise TypeError(f"init: expected a str, got {type(init).__name__}")
     if init not in _INITS:
@@ -134,22 +101,17 @@ def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, 
     """Nearest centroid (squared L2) of every row of ``x``.
 
     Args:
-        x: [n, d] real array (n may be 0), finite.
-        centroids: [k, d] real array, k >= 1, 1 <= d <= 16, finite.
+        x: [n, d] float array (n may be 0), finite.
+        centroids: [k, d] float array, k >= 1, 1 <= d <= 16, finite.
 
     Returns:
         (idx int32[n], dist float32[n]): index of the nearest centroid (lowest index on exact
         ties) and the exact squared distance to it (computed in float32).
     """
-    ca = _as_float32_2d(centroids, "centroids")
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"x: expected a real numeric array, got dtype {arr.dtype}")
-    if arr.ndim != 2 or arr.shape[1] != ca.shape[1]:
-        raise ValueError(f"x: expected shape (n, {ca.shape[1]}), got {arr.shape}")
-    with np.errstate(over="ignore"):
-        xa = np.ascontiguousarray(arr, dtype=np.float32)
-    if not np.isfinite(xa).all():
-        raise ValueError("x: expected finite values (after conversion to float32), got NaN or Inf")
+    ca = as_float_array(centroids, "centroids", ndim=2)
+    _check_d(ca, "centroids")
+    xa = as_float_array(x, "x", ndim=2, allow_empty=True)
+    if xa.shape[1] != ca.shape[1]:
+        raise ValueError(f"x: expected shape (n, {ca.shape[1]}), got {xa.shape}")
     idx, dist = _core.nearest_centroid(xa, ca)
     return idx, dist

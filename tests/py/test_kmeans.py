@@ -25,9 +25,13 @@ def _realistic(n: int, d: int, seed: int) -> np.ndarray:
 
 def _brute_force(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact squared distances in float64 (exact for small-integer data); first index on ties."""
-    d2 = ((x[:, None, :].astype(np.float64) - c[None, :, :].astype(np.float64)) ** 2).sum(axis=2)
-    idx = d2.argmin(axis=1)
-    return idx.astype(np.int32), d2[np.arange(len(x)), idx]
+    idx = np.empty(len(x), dtype=np.int32)
+    best = np.empty(len(x))
+    for i in range(0, len(x), 128):  # row blocks keep the [rows, k, d] temporary small
+        d2 = ((x[i : i + 128, None, :].astype(np.float64) - c[None, :, :].astype(np.float64)) ** 2).sum(axis=2)
+        idx[i : i + 128] = d2.argmin(axis=1)
+        best[i : i + 128] = d2.min(axis=1)
+    return idx, best
 
 
 @pytest.fixture(params=["scalar", "avx2", "avx512"])
@@ -71,15 +75,14 @@ def test_result_shapes_dtypes_and_consistency() -> None:
     assert (dist <= ref_dist * (1 + 1e-5) + 1e-6).all()
 
 
-def test_unit_weights_equal_unweighted_and_int_input_accepted() -> None:
+def test_unit_weights_equal_unweighted_and_float64_input_converted() -> None:
     x = _realistic(2000, 6, 2)
     a = kmeans(x, 40, max_iter=5)
     b = kmeans(x, 40, np.ones(2000), max_iter=5)
     np.testing.assert_array_equal(a.centroids, b.centroids)
     np.testing.assert_array_equal(a.assignment, b.assignment)
-    xi = np.round(x * 4).astype(np.int64)
-    c = kmeans(xi, 10, max_iter=3)
-    d = kmeans(xi.astype(np.float32), 10, max_iter=3)
+    c = kmeans(x.astype(np.float64), 10, max_iter=3)
+    d = kmeans(x, 10, max_iter=3)
     np.testing.assert_array_equal(c.centroids, d.centroids)
 
 
@@ -143,10 +146,22 @@ def test_kmeans_same_result_at_every_level_on_exact_data(simd_level: str) -> Non
     np.testing.assert_array_equal(r.assignment, idx)
 
 
+def test_large_k_assignment_is_optimal_at_every_level(simd_level: str) -> None:
+    # k >= 2048: later passes use the hinted (norm-range pruned) search.
+    x = _realistic(4100, 4, 9) * np.random.default_rng(3).lognormal(0, 1, size=(4100, 1)).astype(np.float32)
+    r = kmeans(x, 2048, max_iter=3, seed=1)
+    _, ref_dist = _brute_force(x, r.centroids)
+    diff = x.astype(np.float64) - r.centroids[r.assignment].astype(np.float64)
+    got = (diff**2).sum(axis=1)
+    assert (got <= ref_dist * (1 + 1e-5) + 1e-6).all()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exc"),
     [
         ({"x": np.zeros((10, 4), dtype=np.complex64)}, TypeError),
+        ({"x": np.zeros((10, 4), dtype=np.int64)}, TypeError),
+        ({"x": [[0.0] * 4] * 10}, TypeError),
         ({"x": np.array([["a"] * 4] * 10)}, TypeError),
         ({"k": 2.0}, TypeError),
         ({"k": True}, TypeError),
@@ -169,6 +184,7 @@ def test_kmeans_same_result_at_every_level_on_exact_data(simd_level: str) -> Non
         ({"tol": -1.0}, ValueError),
         ({"tol": float("nan")}, ValueError),
         ({"seed": -1}, ValueError),
+        ({"seed": 2**64}, ValueError),
         ({"init": "kmeans||"}, ValueError),
     ],
 )
@@ -187,10 +203,12 @@ def test_nearest_centroid_rejects_bad_input() -> None:
         nearest_centroid(np.ones((5, 3), dtype=np.float32), c)
     with pytest.raises(ValueError, match="finite"):
         nearest_centroid(np.full((5, 4), np.inf, dtype=np.float32), c)
-    with pytest.raises(ValueError, match="at least one row"):
+    with pytest.raises(ValueError, match="non-empty"):
         nearest_centroid(np.ones((5, 4), dtype=np.float32), np.ones((0, 4), dtype=np.float32))
     with pytest.raises(TypeError):
         nearest_centroid(np.ones((5, 4), dtype=bool), c)
+    with pytest.raises(ValueError, match="columns"):
+        nearest_centroid(np.ones((5, 17), dtype=np.float32), np.ones((2, 17), dtype=np.float32))
 
 
 def test_core_does_not_convert_and_checks_shapes() -> None:
