@@ -306,6 +306,7 @@ def save_quantized(
         tied_quantized = {t for t in _tied_targets(model) if t.endswith(".weight") and t[:-7] in quantized}
         if tied_quantized and cfg.get("tie_word_embeddings"):
             cfg["tie_word_embeddings"] = False
+    cfg.pop("_name_or_path", None)  # a local path of the source model, meaningless here
     cfg["torch_dtype"] = dtype
     if "dtype" in cfg:
         cfg["dtype"] = dtype
@@ -346,6 +347,8 @@ def save_quantized(
         tmp.mkdir()
         _write_safetensors(tmp / WEIGHTS_FILE, tensors, {"format": "pt"})
         _write_json(tmp / CONFIG_FILE, cfg)
+        # safetensors creates its file 0600; give it the umask-derived mode of the other files
+        os.chmod(tmp / WEIGHTS_FILE, (tmp / CONFIG_FILE).stat().st_mode & 0o777)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if model is not None and getattr(model, "generation_config", None) is not None:

@@ -187,6 +187,8 @@ def test_files_and_config(saved: dict[str, Any]) -> None:
     assert {"config.json", "model.safetensors", "generation_config.json", "vptq_report.json",
             "tokenizer.json", "tokenizer_config.json"} <= files
     assert not [p for p in d.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    modes = {p.name: p.stat().st_mode & 0o777 for p in d.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"], modes
     cfg = read_config(d)
     assert cfg["model_type"] == "llama"
     assert cfg["architectures"] == ["LlamaForCausalLM"]
@@ -311,8 +313,7 @@ def test_partial_checkpoint_names_plain_linears(saved_partial: dict[str, Any]) -
 def test_transformers_vptq_config_covers_every_linear(which: str, request: pytest.FixtureRequest) -> None:
     """transformers' VPTQ integration parses our quantization_config and, skipping the
     modules_to_not_convert, finds a layer config for every Linear it would replace."""
-    import torch
-
+    torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     qcfg = pytest.importorskip("transformers.utils.quantization_config")
     qutils = pytest.importorskip("transformers.quantizers.quantizers_utils")
