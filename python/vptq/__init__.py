@@ -13,7 +13,9 @@ from . import _core
 from ._core import NumericalError
 from .baselines import ScalarQuantized, gptq, rtn
 from .config import PRESETS, QuantConfig
+from .evaluate import DecodeSpeed, PerplexityResult, decode_speed, perplexity
 from .hessian import Hessian, PreparedHessian, prepare_hessian, proxy_loss
+from .io import CheckpointExistsError, load_model, load_quantized_state, save_quantized
 from .kmeans import KMeansResult, kmeans, nearest_centroid
 from .layers import QuantizedLinear
 from .quantize import QuantizedWeight, quantize_weight
@@ -50,9 +52,12 @@ def set_simd_level(level: str) -> None:
 
 __all__ = [
     "PRESETS",
+    "CheckpointExistsError",
+    "DecodeSpeed",
     "Hessian",
     "KMeansResult",
     "NumericalError",
+    "PerplexityResult",
     "PreparedHessian",
     "QuantConfig",
     "QuantizedLinear",
@@ -60,14 +65,19 @@ __all__ = [
     "ScalarQuantized",
     "__version__",
     "cpu_features",
+    "decode_speed",
     "get_num_threads",
     "gptq",
     "kmeans",
+    "load_model",
+    "load_quantized_state",
     "nearest_centroid",
+    "perplexity",
     "prepare_hessian",
     "proxy_loss",
     "quantize_weight",
     "rtn",
+    "save_quantized",
     "set_num_threads",
     "set_simd_level",
     "simd_level",
