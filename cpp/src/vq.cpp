@@ -174,7 +174,7 @@ void gather_vectors(const float* src, idx_t Mp, idx_t M, idx_t c0, idx_t c1, int
       std::copy_n(src + p * Mp + r * v, real, data.data() + vid * v);
       weights[static_cast<std::size_t>(vid)] = static_cast<float>(colw[p] * static_cast<double>(real) / v);
     }
-  });
+  }, static_cast<double>(n * v));
 }
 
 Codebook make_codebook(std::vector<float>& storage, const float* data, const float* weights, idx_t n, int v,
@@ -228,7 +228,7 @@ VQResult vptq_quantize(const float* W, idx_t M, idx_t N, const PreparedHessian& 
           cmin[j] = std::min(cmin[j], W[i * N + j]);
           cmax[j] = std::max(cmax[j], W[i * N + j]);
         }
-    });
+    }, 2.0 * M * N);
     res.scale.resize(static_cast<std::size_t>(N));
     res.bias = cmin;
     for (idx_t j = 0; j < N; ++j) res.scale[j] = cmax[j] - cmin[j];
@@ -263,7 +263,7 @@ VQResult vptq_quantize(const float* W, idx_t M, idx_t N, const PreparedHessian& 
         const float wn = H.dead[j] ? 0.0f : (W[i * N + j] - b) / col_scale(j);
         Wt[p * Mp + i] = wn * sp[p];
       }
-  });
+  }, 4.0 * M * N);
 
   // 3. Codebooks by Hessian-weighted k-means on the normalised weights.
   std::vector<float> data, weights, norm_cols;
@@ -315,9 +315,10 @@ VQResult vptq_quantize(const float* W, idx_t M, idx_t N, const PreparedHessian& 
 
   auto run_pass = [&](const PassOutput& out) {
     set_blas_threads(1);
-    parallel_for_dynamic(nchunks, [&](idx_t ch) {
-      run_pass_chunk(ctx, ch * chunk, std::min(Mp, (ch + 1) * chunk), out);
-    });
+    // Per row: search all centroids of every column, plus the feedback updates.
+    const double work = static_cast<double>(Mp) * N * (static_cast<double>(L.k1 + L.k2) + N);
+    parallel_for_dynamic(
+        nchunks, [&](idx_t ch) { run_pass_chunk(ctx, ch * chunk, std::min(Mp, (ch + 1) * chunk), out); }, work);
   };
 
   PassOutput out;

@@ -46,15 +46,22 @@ std::string cat(Args&&... args) {
 void set_num_threads(int n);
 int get_num_threads();
 
+/// Below this many (rough) scalar operations a loop runs on the calling thread:
+/// waking a team costs more than it saves, and far more on a loaded machine,
+/// where a barrier can wait a whole scheduler time slice for a descheduled thread.
+inline constexpr double kMinParallelWork = 2e6;
+
 /// Runs fn(i) for i in [0, n) on get_num_threads() threads (static schedule).
-/// An exception thrown in any iteration is caught and the first one is rethrown
-/// after the parallel region; remaining iterations of other threads still run.
+/// `work` is an estimate of the total operations of the loop (default: large);
+/// small loops run serially. An exception thrown in any iteration is caught and
+/// the first one is rethrown after the parallel region; remaining iterations of
+/// other threads still run.
 template <class F>
-void parallel_for(idx_t n, F&& fn) {
+void parallel_for(idx_t n, F&& fn, double work = 1e300) {
   std::exception_ptr err = nullptr;
   std::mutex mu;
   const int nt = get_num_threads();
-#pragma omp parallel for schedule(static) num_threads(nt) if (n > 1 && nt > 1)
+#pragma omp parallel for schedule(static) num_threads(nt) if (n > 1 && nt > 1 && work >= kMinParallelWork)
   for (idx_t i = 0; i < n; ++i) {
     try {
       fn(i);
@@ -68,11 +75,11 @@ void parallel_for(idx_t n, F&& fn) {
 
 /// Same as parallel_for but with dynamic scheduling (uneven per-iteration cost).
 template <class F>
-void parallel_for_dynamic(idx_t n, F&& fn) {
+void parallel_for_dynamic(idx_t n, F&& fn, double work = 1e300) {
   std::exception_ptr err = nullptr;
   std::mutex mu;
   const int nt = get_num_threads();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (n > 1 && nt > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (n > 1 && nt > 1 && work >= kMinParallelWork)
   for (idx_t i = 0; i < n; ++i) {
     try {
       fn(i);
