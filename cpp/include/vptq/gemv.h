@@ -12,7 +12,19 @@
 //    one column's RB indices are adjacent and the stream is read sequentially;
 //  * codebook entries are padded to 8 (v <= 8) or 16 (v <= 16) floats; they are
 //    kept as fp32, or as fp16 / bf16 when that storage is exact for every value
-//    (lossless) and the fp32 table would not fit in L2 (65536-entry codebooks).
+//    (lossless; true for checkpoints stored in fp16/bf16) and the fp32 table is
+//    larger than L1 (GemvOptions::compact_codebook_bytes): fewer cache lines per
+//    lookup, converted with F16C / a shift in the kernel;
+//  * indices of codebooks with k * vp <= 65536 are stored pre-multiplied by vp
+//    (entry offsets), saving a shift per lookup.
+//
+// Kernels (per SIMD level, chosen at run time; cpp/src/kernels/gemv_tile_inl.h):
+//  * direct: per column, broadcast xs and FMA each looked-up entry into a register
+//    tile of row-block accumulators (batch 1: 8 blocks; batches: 2-4 blocks x 2-3
+//    rows), indices read four at a time with one 64-bit load;
+//  * histogram (batches >= 8, v <= 8, k <= 1024): per row block, sum activations
+//    per codebook entry, then one small product with the codebook;
+//  * BLAS (large batches): transposed dense tiles + cblas_sgemm.
 //
 // Numerics (the contract the tests check): every output is accumulated in fp32,
 // sequentially over permuted columns p = 0..N-1 (outliers first, then the groups
