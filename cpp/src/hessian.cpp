@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -241,15 +242,34 @@ PreparedHessian prepare_hessian(const double* Hin, idx_t n, const HessianPrepPar
     VPTQ_CHECK(d >= 0, "prepare_hessian: expected a non-negative diagonal, got H[", i, ", ", i, "] = ", d,
                " (a second-moment matrix has diagonal E[x_j^2] >= 0)");
   }
-  for (idx_t i = 0; i < n; ++i) {
-    for (idx_t j = 0; j < i; ++j) {
-      const double lo = at(i, j);
-      const double up = at(j, i);
-      VPTQ_CHECK(std::isfinite(lo) && std::isfinite(up), "prepare_hessian: expected a finite H, got H[", i, ", ",
-                 j, "] = ", lo, ", H[", j, ", ", i, "] = ", up);
-      const double tol = 1e-3 * std::sqrt(at(i, i) * at(j, j)) + 1e-6 * (std::fabs(lo) + std::fabs(up));
-      VPTQ_CHECK(std::fabs(lo - up) <= tol, "prepare_hessian: expected a symmetric H, got H[", i, ", ", j,
-                 "] = ", lo, " but H[", j, ", ", i, "] = ", up);
+  // Off-diagonal checks tile by tile (cache friendly, parallel); a failing tile is re-checked
+  // serially so the reported entry does not depend on the thread count.
+  auto check_tile = [&](idx_t ti, idx_t tj) {
+    const idx_t i0 = ti * kTile, i1 = std::min(n, i0 + kTile);
+    const idx_t j0 = tj * kTile, j1 = std::min(n, j0 + kTile);
+    for (idx_t i = i0; i < i1; ++i) {
+      for (idx_t j = j0; j < std::min(j1, i); ++j) {
+        const double lo = at(i, j);
+        const double up = at(j, i);
+        VPTQ_CHECK(std::isfinite(lo) && std::isfinite(up), "prepare_hessian: expected a finite H, got H[", i,
+                   ", ", j, "] = ", lo, ", H[", j, ", ", i, "] = ", up);
+        const double tol = 1e-3 * std::sqrt(at(i, i) * at(j, j)) + 1e-6 * (std::fabs(lo) + std::fabs(up));
+        VPTQ_CHECK(std::fabs(lo - up) <= tol, "prepare_hessian: expected a symmetric H, got H[", i, ", ", j,
+                   "] = ", lo, " but H[", j, ", ", i, "] = ", up);
+      }
+    }
+  };
+  std::vector<unsigned char> tile_ok(static_cast<std::size_t>(num_tiles(n)), 1);
+  parallel_for(num_tiles(n), [&](idx_t ti) {
+    try {
+      for (idx_t tj = 0; tj <= ti; ++tj) check_tile(ti, tj);
+    } catch (const std::invalid_argument&) {
+      tile_ok[static_cast<std::size_t>(ti)] = 0;
+    }
+  });
+  for (idx_t ti = 0; ti < num_tiles(n); ++ti) {
+    if (!tile_ok[static_cast<std::size_t>(ti)]) {
+      for (idx_t tj = 0; tj <= ti; ++tj) check_tile(ti, tj);
     }
   }
 
@@ -344,25 +364,28 @@ PreparedHessian prepare_hessian(const double* Hin, idx_t n, const HessianPrepPar
 double proxy_loss(const float* W, const float* Wq, idx_t M, idx_t N, const double* H) {
   VPTQ_CHECK(M >= 1 && N >= 1, "proxy_loss: expected M >= 1 and N >= 1, got M = ", M, ", N = ", N);
   VPTQ_CHECK(W != nullptr && Wq != nullptr && H != nullptr, "proxy_loss: null pointer argument");
-  constexpr idx_t kRows = 32;
-  const idx_t nb = (M + kRows - 1) / kRows;
-  std::vector<double> partial(static_cast<std::size_t>(nb), 0.0);
+  // tr(D H Dᵀ) = Σ_ij H_ij G_ij with G = Dᵀ D (symmetric): half the flops of D·H, using the
+  // lower triangle of G only: Σ_i H_ii G_ii + Σ_{i>j} (H_ij + H_ji) G_ij.
+  const idx_t chunk = std::min(M, float_chunk_rows(N));
+  std::vector<double> G(static_cast<std::size_t>(N * N), 0.0);  // lower triangle of Dᵀ D
+  std::vector<double> D(static_cast<std::size_t>(chunk * N));   // [chunk, N] rows of W - Wq
   BlasSingleThread blas1;
-  parallel_for_dynamic(nb, [&](idx_t b) {
-    const idx_t r0 = b * kRows;
-    const idx_t r = std::min(M, r0 + kRows) - r0;
-    std::vector<double> D(static_cast<std::size_t>(r * N));  // [r, N]
-    std::vector<double> T(static_cast<std::size_t>(r * N));  // [r, N] = D H
+  for (idx_t r0 = 0; r0 < M; r0 += chunk) {
+    const idx_t r = std::min(chunk, M - r0);
     for (idx_t i = 0; i < r * N; ++i) {
-      D[static_cast<std::size_t>(i)] =
-          static_cast<double>(W[r0 * N + i]) - static_cast<double>(Wq[r0 * N + i]);
+      D[static_cast<std::size_t>(i)] = static_cast<double>(W[r0 * N + i]) - static_cast<double>(Wq[r0 * N + i]);
     }
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(r), static_cast<int>(N),
-                static_cast<int>(N), 1.0, D.data(), static_cast<int>(N), H, static_cast<int>(N), 0.0, T.data(),
-                static_cast<int>(N));
+    syrk_lower_tiled(G.data(), D.data(), r, N);
+  }
+  std::vector<double> partial(static_cast<std::size_t>(num_tiles(N)), 0.0);
+  parallel_for(num_tiles(N), [&](idx_t t) {
     double s = 0;
-    for (idx_t i = 0; i < r * N; ++i) s += D[static_cast<std::size_t>(i)] * T[static_cast<std::size_t>(i)];
-    partial[static_cast<std::size_t>(b)] = s;
+    for (idx_t i = t * kTile; i < std::min(N, (t + 1) * kTile); ++i) {
+      const double* g = G.data() + i * N;
+      for (idx_t j = 0; j < i; ++j) s += (H[i * N + j] + H[j * N + i]) * g[j];
+      s += H[i * N + i] * g[i];
+    }
+    partial[static_cast<std::size_t>(t)] = s;
   });
   double total = 0;
   for (double s : partial) total += s;
