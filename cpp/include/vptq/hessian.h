@@ -76,7 +76,8 @@ struct PreparedHessian {
 PreparedHessian prepare_hessian(const double* H, idx_t n, const HessianPrepParams& params = {});
 
 /// Proxy loss tr((W - Wq) H (W - Wq)ᵀ) for W, Wq row-major [M, N], H row-major [N, N]
-/// (all of H is used). Computed in float64 over blocks of 32 rows; deterministic.
+/// (all of H is used). Computed in float64 as Σ_ij H_ij (DᵀD)_ij, D = W - Wq, with DᵀD
+/// accumulated over row chunks (extra memory N² doubles); deterministic for any thread count.
 double proxy_loss(const float* W, const float* Wq, idx_t M, idx_t N, const double* H);
 
 }  // namespace vptq
