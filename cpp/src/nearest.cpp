@@ -44,7 +44,7 @@ void check_search_args(const float* x, idx_t n, const std::int32_t* idx) {
 namespace kernels {
 
 void nearest_scores_scalar(const NearestCodebook& cb, const float* x, idx_t n, std::int32_t* idx) {
-  const int d = cb.d;
+  const int d = cb.dq, dl = cb.d;  // the layout's padding coordinates (d..dl-1) are zero: skipped
   const idx_t nblk = cb.kpad / kNearestBlock;
   float qm2[16];
   float s[kNearestBlock];
@@ -53,7 +53,7 @@ void nearest_scores_scalar(const NearestCodebook& cb, const float* x, idx_t n, s
     float best = kInf;
     idx_t besti = 0;
     for (idx_t b = 0; b < nblk; ++b) {
-      const float* blk = cb.cb + b * d * kNearestBlock;
+      const float* blk = cb.cb + b * dl * kNearestBlock;
       for (int l = 0; l < kNearestBlock; ++l) s[l] = cb.norms[b * kNearestBlock + l];
       for (int j = 0; j < d; ++j)
         for (int l = 0; l < kNearestBlock; ++l) s[l] += qm2[j] * blk[j * kNearestBlock + l];
@@ -113,9 +113,20 @@ void nearest_hint_range(const NearestHintData& h, idx_t k, int d, const float* x
   *hi = count_below<true>(h.group_min, h.ngroups, b) * kNearestRangeGroup;
 }
 
+void nearest_hint_block(const NearestHintData& h, const NearestCodebook& cb, int chunk, const float* x, idx_t nq,
+                        const std::int32_t* hint, idx_t* lo, idx_t* hi, int* order) {
+  for (idx_t q = 0; q < nq; ++q) {
+    nearest_hint_range(h, cb.k, cb.dq, x + q * cb.dq, hint[q], &lo[q], &hi[q]);
+    lo[q] = lo[q] / chunk * chunk;
+    hi[q] = std::min(cb.kpad, (hi[q] + chunk - 1) / chunk * chunk);
+    order[q] = static_cast<int>(q);
+  }
+  std::sort(order, order + nq, [&](int a, int b) { return lo[a] != lo[b] ? lo[a] < lo[b] : a < b; });
+}
+
 void nearest_scores_hinted_scalar(const NearestCodebook& cb, const NearestHintData& h, const float* x, idx_t n,
                                   const std::int32_t* hint, std::int32_t* idx) {
-  const int d = cb.d;
+  const int d = cb.dq, dl = cb.d;
   float qm2[16];
   for (idx_t q = 0; q < n; ++q) {
     const float* xq = x + q * d;
@@ -127,7 +138,7 @@ void nearest_scores_hinted_scalar(const NearestCodebook& cb, const NearestHintDa
     for (int j = 0; j < d; ++j) best += qm2[j] * h.c[idx_t{hq} * d + j];
     std::int32_t bi = hq;
     for (idx_t pos = lo; pos < hi; ++pos) {
-      const float* blk = cb.cb + (pos / kNearestBlock) * d * kNearestBlock + pos % kNearestBlock;
+      const float* blk = cb.cb + (pos / kNearestBlock) * dl * kNearestBlock + pos % kNearestBlock;
       float s = cb.norms[pos];
       for (int j = 0; j < d; ++j) s += qm2[j] * blk[j * kNearestBlock];
       const std::int32_t o = cb.perm[pos];
@@ -155,14 +166,15 @@ CodebookSearcher::CodebookSearcher(const float* c, idx_t k, int d) : k_(k), d_(d
   constexpr idx_t P = kernels::kNearestPad;
   constexpr int B = kernels::kNearestBlock;
   kpad_ = (k + P - 1) / P * P;
-  c_soa_.assign(static_cast<std::size_t>(kpad_ * d), 0.0f);
+  const int dl = kernels::nearest_layout_dim(d);
+  c_soa_.assign(static_cast<std::size_t>(kpad_ * dl), 0.0f);
   norms_.assign(static_cast<std::size_t>(kpad_), kInf);
   for (idx_t i = 0; i < k; ++i) {
     const idx_t b = i / B, l = i % B;
     float nrm = 0.0f;
     for (int j = 0; j < d; ++j) {
       const float v = c[i * d + j];
-      c_soa_[static_cast<std::size_t>((b * d + j) * B + l)] = v;
+      c_soa_[static_cast<std::size_t>((b * dl + j) * B + l)] = v;
       nrm += v * v;
     }
     norms_[static_cast<std::size_t>(i)] = nrm;
@@ -179,7 +191,7 @@ CodebookSearcher::CodebookSearcher(const float* c, idx_t k, int d) : k_(k), d_(d
   std::stable_sort(perm_.begin(), perm_.begin() + k, [&](std::int32_t a, std::int32_t b) {
     return cn[static_cast<std::size_t>(a)] < cn[static_cast<std::size_t>(b)];
   });
-  soa_sorted_.assign(static_cast<std::size_t>(kpad_ * d), 0.0f);
+  soa_sorted_.assign(static_cast<std::size_t>(kpad_ * dl), 0.0f);
   norms_sorted_.assign(static_cast<std::size_t>(kpad_), kInf);
   constexpr idx_t G = kernels::kNearestRangeGroup;
   static_assert(kernels::kNearestPad % kernels::kNearestRangeGroup == 0, "groups must tile the padding");
@@ -188,7 +200,7 @@ CodebookSearcher::CodebookSearcher(const float* c, idx_t k, int d) : k_(k), d_(d
   group_max_.assign(static_cast<std::size_t>(ngroups), kInf);
   for (idx_t p = 0; p < k; ++p) {
     const idx_t i = perm_[static_cast<std::size_t>(p)], b = p / B, l = p % B;
-    for (int j = 0; j < d; ++j) soa_sorted_[static_cast<std::size_t>((b * d + j) * B + l)] = c[i * d + j];
+    for (int j = 0; j < d; ++j) soa_sorted_[static_cast<std::size_t>((b * dl + j) * B + l)] = c[i * d + j];
     norms_sorted_[static_cast<std::size_t>(p)] = norms_[static_cast<std::size_t>(i)];
     const double v = cn[static_cast<std::size_t>(i)];
     const std::size_t g = static_cast<std::size_t>(p / G);
@@ -216,7 +228,8 @@ void CodebookSearcher::search_hinted(const float* x, idx_t n, const std::int32_t
   cb.norms = norms_sorted_.data();
   cb.k = k_;
   cb.kpad = kpad_;
-  cb.d = d_;
+  cb.d = kernels::nearest_layout_dim(d_);
+  cb.dq = d_;
   cb.perm = perm_.data();
   kernels::NearestHintData h;
   h.c = c_.data();
@@ -250,7 +263,8 @@ void CodebookSearcher::search(const float* x, idx_t n, std::int32_t* idx, float*
   cb.norms = norms_.data();
   cb.k = k_;
   cb.kpad = kpad_;
-  cb.d = d_;
+  cb.d = kernels::nearest_layout_dim(d_);
+  cb.dq = d_;
   switch (get_simd_level()) {
 #if defined(VPTQ_NEAREST_X86)
     case SimdLevel::AVX512:

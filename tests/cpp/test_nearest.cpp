@@ -5,10 +5,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "kernels/nearest_body-inl.h"
 #include "vptq/nearest.h"
 #include "vptq/simd.h"
 
@@ -247,6 +251,140 @@ TEST(NearestSearcher, reference_picks_lowest_index_on_ties) {
   EXPECT_EQ(dist[0], 1.0f);
   EXPECT_EQ(idx[1], 2);
   EXPECT_EQ(dist[1], 0.0f);
+}
+
+// ---------------------------------------------------------------------------------------
+// The shared kernel body with a portable 16-lane emulation of the AVX-512 traits: runs the
+// W = 16 code paths (64-centroid chunks, 64-bit tie masks, 64-aligned ranges) on any CPU,
+// so they are tested even where AVX-512 itself is absent.
+
+struct Emu16 {
+  struct reg {
+    float v[16];
+  };
+  static constexpr int W = 16;
+  static constexpr bool kPinLoads = false;
+  static reg load(const float* p) {
+    reg r;
+    std::memcpy(r.v, p, sizeof r.v);
+    return r;
+  }
+  static reg set1(float x) {
+    reg r;
+    for (float& e : r.v) e = x;
+    return r;
+  }
+  static reg bcast(const float* p) { return set1(*p); }
+  static reg fmadd(reg a, reg b, reg c) {
+    for (int l = 0; l < W; ++l) c.v[l] = std::fma(a.v[l], b.v[l], c.v[l]);
+    return c;
+  }
+  static float fma1(float a, float b, float c) { return std::fma(a, b, c); }
+  static reg min(reg a, reg b) {  // _mm512_min_ps semantics: b unless a < b
+    for (int l = 0; l < W; ++l) a.v[l] = a.v[l] < b.v[l] ? a.v[l] : b.v[l];
+    return a;
+  }
+  static bool any_lt(reg a, reg b) {
+    for (int l = 0; l < W; ++l)
+      if (a.v[l] < b.v[l]) return true;
+    return false;
+  }
+  static bool any_le(reg a, reg b) {
+    for (int l = 0; l < W; ++l)
+      if (a.v[l] <= b.v[l]) return true;
+    return false;
+  }
+  static float hmin(reg a) {
+    float m = a.v[0];
+    for (int l = 1; l < W; ++l) m = a.v[l] < m ? a.v[l] : m;
+    return m;
+  }
+  static std::uint32_t eq_mask(reg a, reg b) {
+    std::uint32_t m = 0;
+    for (int l = 0; l < W; ++l) m |= static_cast<std::uint32_t>(a.v[l] == b.v[l]) << l;
+    return m;
+  }
+};
+
+/// The padded SoA layout of CodebookSearcher, built independently (original or norm order).
+struct Layout {
+  std::vector<float> soa, norms, norm2, gmin, gmax;
+  std::vector<std::int32_t> perm;
+  vptq::kernels::NearestCodebook cb;
+  vptq::kernels::NearestHintData hd;
+  Layout(const std::vector<float>& c, idx_t k, int d, bool sorted) {
+    constexpr int B = vptq::kernels::kNearestBlock, G = vptq::kernels::kNearestRangeGroup;
+    const idx_t kpad = (k + vptq::kernels::kNearestPad - 1) / vptq::kernels::kNearestPad * vptq::kernels::kNearestPad;
+    const int dl = vptq::kernels::nearest_layout_dim(d);
+    const float inf = std::numeric_limits<float>::infinity();
+    std::vector<double> cn(static_cast<std::size_t>(k));
+    norm2.resize(static_cast<std::size_t>(k));
+    for (idx_t i = 0; i < k; ++i) {
+      float s = 0.0f;
+      double sd = 0.0;
+      for (int j = 0; j < d; ++j) {
+        const float v = c[static_cast<std::size_t>(i * d + j)];
+        s += v * v;
+        sd += static_cast<double>(v) * v;
+      }
+      norm2[static_cast<std::size_t>(i)] = s;
+      cn[static_cast<std::size_t>(i)] = std::sqrt(sd);
+    }
+    perm.assign(static_cast<std::size_t>(kpad), static_cast<std::int32_t>(k));
+    std::iota(perm.begin(), perm.begin() + k, 0);
+    if (sorted)
+      std::stable_sort(perm.begin(), perm.begin() + k, [&](std::int32_t a, std::int32_t b) {
+        return cn[static_cast<std::size_t>(a)] < cn[static_cast<std::size_t>(b)];
+      });
+    soa.assign(static_cast<std::size_t>(kpad * dl), 0.0f);
+    norms.assign(static_cast<std::size_t>(kpad), inf);
+    gmin.assign(static_cast<std::size_t>(kpad / G), inf);
+    gmax.assign(static_cast<std::size_t>(kpad / G), inf);
+    for (idx_t p = 0; p < k; ++p) {
+      const idx_t i = perm[static_cast<std::size_t>(p)];
+      for (int j = 0; j < d; ++j)
+        soa[static_cast<std::size_t>((p / B * dl + j) * B + p % B)] = c[static_cast<std::size_t>(i * d + j)];
+      norms[static_cast<std::size_t>(p)] = norm2[static_cast<std::size_t>(i)];
+      const float v = static_cast<float>(cn[static_cast<std::size_t>(i)]);
+      if (p % G == 0) gmin[static_cast<std::size_t>(p / G)] = std::nextafter(v, -inf);
+      gmax[static_cast<std::size_t>(p / G)] = std::nextafter(v, inf);
+    }
+    cb.cb = soa.data();
+    cb.norms = norms.data();
+    cb.k = k;
+    cb.kpad = kpad;
+    cb.d = dl;
+    cb.dq = d;
+    cb.perm = sorted ? perm.data() : nullptr;
+    hd.c = c.data();
+    hd.norm2 = norm2.data();
+    hd.group_min = gmin.data();
+    hd.group_max = gmax.data();
+    hd.ngroups = static_cast<idx_t>(gmin.size());
+  }
+};
+
+TEST(NearestBody, emulated_16_lanes_match_reference_on_exact_data) {
+  for (int d : {1, 3, 8, 11, 16}) {
+    for (idx_t k : {idx_t{1}, idx_t{70}, idx_t{700}}) {
+      std::mt19937 g(900u + d + k);
+      std::vector<float> c = small_ints(g, k * d, -4, 4);
+      for (idx_t j = 3; j < k; j += 5) std::copy_n(c.begin() + (j / 2) * d, d, c.begin() + j * d);
+      const idx_t n = 37;
+      std::vector<float> x = small_ints(g, n * d, -5, 5);
+      std::vector<std::int32_t> ref(static_cast<std::size_t>(n)), got(static_cast<std::size_t>(n));
+      vptq::nearest_centroid_ref(x.data(), n, d, c.data(), k, ref.data(), nullptr);
+      const Layout plain(c, k, d, false);
+      vptq::kernels::nearest_body::search<Emu16, 2>(plain.cb, x.data(), n, got.data());
+      ASSERT_EQ(got, ref) << "plain d=" << d << " k=" << k;
+      const Layout sorted(c, k, d, true);
+      std::vector<std::int32_t> hint(static_cast<std::size_t>(n));
+      for (idx_t i = 0; i < n; ++i) hint[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 13) % k);
+      vptq::kernels::nearest_body::search_hinted<Emu16, 2>(sorted.cb, sorted.hd, x.data(), n, hint.data(),
+                                                           got.data());
+      ASSERT_EQ(got, ref) << "hinted d=" << d << " k=" << k;
+    }
+  }
 }
 
 }  // namespace

@@ -17,6 +17,7 @@ constexpr int kQueriesPerStep = 2;
 struct Avx2 {
   using reg = __m256;
   static constexpr int W = 8;
+  static constexpr bool kPinLoads = true;
   static reg load(const float* p) { return _mm256_loadu_ps(p); }
   static reg set1(float v) { return _mm256_set1_ps(v); }
   static reg bcast(const float* p) { return _mm256_broadcast_ss(p); }

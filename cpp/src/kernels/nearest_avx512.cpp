@@ -18,6 +18,7 @@ constexpr int kQueriesPerStep = 2;
 struct Avx512 {
   using reg = __m512;
   static constexpr int W = 16;
+  static constexpr bool kPinLoads = true;
   static reg load(const float* p) { return _mm512_loadu_ps(p); }
   static reg set1(float v) { return _mm512_set1_ps(v); }
   static reg bcast(const float* p) { return _mm512_set1_ps(*p); }

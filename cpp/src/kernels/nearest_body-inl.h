@@ -1,10 +1,10 @@
 // Private: the fused nearest-centroid kernel body shared by the per-ISA translation
-// units (nearest_avx2.cpp, nearest_avx512.cpp). Include only from a TU compiled with the
-// matching ISA flags; `V` is a traits struct of that TU:
-//   V::reg, V::W (lanes), load(p), set1(v), bcast(p) (= set1(*p), from memory),
-//   fma1(a, b, c) (scalar, rounded like one lane of fmadd), any_le(a, b), fmadd(a, b, c) = a*b + c, min(a, b),
-//   any_lt(a, b) (some lane a < b), hmin(a) (min over lanes), eq_mask(a, b) (bit l set
-//   iff lane l of a == lane l of b).
+// units (nearest_avx2.cpp, nearest_avx512.cpp; a portable 16-lane emulation in the tests).
+// Include only from a TU compiled with the matching ISA flags; `V` is a traits struct:
+//   reg, W (lanes), kPinLoads (reg fits an asm "v" operand), load(p), set1(v),
+//   bcast(p) (= set1(*p) from memory), fmadd(a, b, c) = a*b + c, fma1(a, b, c) (scalar,
+//   rounded like one lane of fmadd), min(a, b), any_lt(a, b) / any_le(a, b) (some lane of
+//   a < / <= b), hmin(a) (min over lanes), eq_mask(a, b) (bit l set iff lane l of a == b).
 //
 // Algorithm, per query q and per chunk of 4 registers (4*W centroids):
 //   acc_u = ||c||² + Σ_j c_j * (-2 q_j)          (4 independent FMA chains)
@@ -16,19 +16,41 @@
 // the lowest index. Centroids are walked in tiles that fit in L1, with a block of
 // queries per tile (the best per query carried over between tiles), and QN queries
 // share each centroid load.
+//
+// Hinted variant (search_hinted_fixed): the layout is sorted by ||c|| (perm maps positions
+// to original indices); each query scans only the positions whose norm can beat its hint
+// (nearest_hint_range) and starts from the hint's score, with '<=' and lowest original
+// index on equal scores. Queries of a block are ordered by range and paired (union range).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <utility>
 
 #include "kernels/nearest_kernels.h"
 
 namespace vptq::kernels::nearest_body {
 
+// Under AddressSanitizer the unrolled chunk loop is not instrumented load by load (that made
+// these TUs take minutes to compile); instead each chunk's contiguous span of the layout is
+// probed at both ends by check_span, which the sanitizer does instrument.
+#if defined(__SANITIZE_ADDRESS__)
+#define VPTQ_NEAREST_TILE_ATTR __attribute__((no_sanitize_address, noinline))
+template <class T>
+inline void check_span(const T* p, idx_t n) {
+  volatile T sink = p[0];
+  sink = p[n - 1];
+  (void)sink;
+}
+#else
+#define VPTQ_NEAREST_TILE_ATTR
+template <class T>
+inline void check_span(const T*, idx_t) {}
+#endif
+
 template <class V, int D, int QN, bool kHint = false>
-inline void run_tile(const NearestCodebook& cb, const float* x /*[QN, D]*/, idx_t c_begin, idx_t c_end,
+VPTQ_NEAREST_TILE_ATTR inline void run_tile(const NearestCodebook& cb, const float* qs /*[QN, D] = -2 x, zero padded*/, idx_t c_begin,
+                     idx_t c_end,
                      float* best /*[QN] in/out*/, std::int32_t* besti /*[QN] in/out*/) {
   using reg = typename V::reg;
   constexpr int W = V::W;
@@ -39,18 +61,16 @@ inline void run_tile(const NearestCodebook& cb, const float* x /*[QN, D]*/, idx_
   // lets QN queries share each centroid load.
   constexpr int QR = QN == 1 ? D : 1;
   reg qb[QR];
-  alignas(64) float qs[QN][D];
   reg bv[QN];
 #pragma GCC unroll 4
-  for (int qi = 0; qi < QN; ++qi) {
-#pragma GCC unroll 16
-    for (int j = 0; j < D; ++j) qs[qi][j] = -2.0f * x[qi * D + j];
-    bv[qi] = V::set1(best[qi]);
-  }
+  for (int qi = 0; qi < QN; ++qi) bv[qi] = V::set1(best[qi]);
   if constexpr (QN == 1) {
 #pragma GCC unroll 16
-    for (int j = 0; j < D; ++j) qb[j] = V::set1(qs[0][j]);
+    for (int j = 0; j < D; ++j) qb[j] = V::set1(qs[j]);
   }
+  check_span(cb.cb + (c_begin / B) * D * B, (c_end - c_begin) * D);
+  check_span(cb.norms + c_begin, c_end - c_begin);
+  if constexpr (kHint) check_span(cb.perm + c_begin, c_end - c_begin);
   for (idx_t c0 = c_begin; c0 < c_end; c0 += CH) {
     const float* base = cb.cb + (c0 / B) * D * B;
     reg acc[QN][4];
@@ -68,14 +88,14 @@ inline void run_tile(const NearestCodebook& cb, const float* x /*[QN, D]*/, idx_
         if constexpr (QN == 1)
           qv[qi] = qb[j];
         else
-          qv[qi] = V::bcast(&qs[qi][j]);
+          qv[qi] = V::bcast(qs + qi * D + j);
       }
 #pragma GCC unroll 4
       for (int u = 0; u < 4; ++u) {
         reg c = V::load(base + ((u * W) / B) * D * B + j * B + (u * W) % B);
         // Keep the centroid in a register shared by the QN queries (otherwise GCC folds a
         // separate load into each FMA, doubling the load traffic this blocking removes).
-        if constexpr (QN > 1) asm("" : "+v"(c));
+        if constexpr (QN > 1 && V::kPinLoads) asm("" : "+v"(c));
 #pragma GCC unroll 4
         for (int qi = 0; qi < QN; ++qi) acc[qi][u] = V::fmadd(c, qv[qi], acc[qi][u]);
       }
@@ -122,86 +142,81 @@ inline void run_tile(const NearestCodebook& cb, const float* x /*[QN, D]*/, idx_
   }
 }
 
+/// Copies queries x[rows, dq] as -2 x into q[rows, D], zero padded (padding adds exact zeros).
+template <int D>
+inline void load_queries(const float* x, int dq, idx_t rows, float* q) {
+  for (idx_t r = 0; r < rows; ++r) {
+    for (int j = 0; j < dq; ++j) q[r * D + j] = -2.0f * x[r * dq + j];
+    for (int j = dq; j < D; ++j) q[r * D + j] = 0.0f;
+  }
+}
+
 template <class V, int D, int QN>
-void search_fixed(const NearestCodebook& cb, const float* x /*[n, D]*/, idx_t n, std::int32_t* idx /*[n]*/) {
+void search_fixed(const NearestCodebook& cb, const float* x /*[n, cb.dq]*/, idx_t n, std::int32_t* idx /*[n]*/) {
   constexpr int CH = 4 * V::W;
-  constexpr idx_t QB = 128;  // queries per pass over the centroid tiles
+  constexpr idx_t QB = 128;  // queries per pass over the centroid tiles (multiple of QN)
   // Centroid tile kept in L1: (D + 1) floats per centroid, ~16 KB.
   constexpr idx_t T = std::max<idx_t>(CH, (16384 / ((D + 1) * 4)) / CH * CH);
+  alignas(64) float qbuf[QB * D];
   float best[QB];
   std::int32_t besti[QB];
   for (idx_t q0 = 0; q0 < n; q0 += QB) {
     const idx_t nq = std::min(QB, n - q0);
-    for (idx_t q = 0; q < nq; ++q) {
+    const idx_t nr = (nq + QN - 1) / QN * QN;  // a ragged tail repeats the last query
+    load_queries<D>(x + q0 * cb.dq, cb.dq, nq, qbuf);
+    for (idx_t q = nq; q < nr; ++q) std::copy(qbuf + (nq - 1) * D, qbuf + nq * D, qbuf + q * D);
+    for (idx_t q = 0; q < nr; ++q) {
       best[q] = std::numeric_limits<float>::infinity();
       besti[q] = 0;
     }
     for (idx_t t0 = 0; t0 < cb.kpad; t0 += T) {
       const idx_t t1 = std::min(cb.kpad, t0 + T);
-      idx_t q = 0;
-      for (; q + QN <= nq; q += QN)
-        run_tile<V, D, QN>(cb, x + (q0 + q) * D, t0, t1, best + q, besti + q);
-      for (; q < nq; ++q) run_tile<V, D, 1>(cb, x + (q0 + q) * D, t0, t1, best + q, besti + q);
+      for (idx_t q = 0; q < nr; q += QN) run_tile<V, D, QN>(cb, qbuf + q * D, t0, t1, best + q, besti + q);
     }
     std::copy(besti, besti + nq, idx + q0);
   }
 }
 
 template <class V, int D, int QN>
-void search_hinted_fixed(const NearestCodebook& cb, const NearestHintData& h, const float* x /*[n, D]*/, idx_t n,
+void search_hinted_fixed(const NearestCodebook& cb, const NearestHintData& h, const float* x /*[n, cb.dq]*/, idx_t n,
                          const std::int32_t* hint /*[n]*/, std::int32_t* idx /*[n]*/) {
   constexpr int CH = 4 * V::W;
   constexpr idx_t QB = 128;
   constexpr idx_t T = std::max<idx_t>(CH, (16384 / ((D + 1) * 4)) / CH * CH);
-  alignas(64) float xs[QB * D];  // block queries in range order
-  float best[QB];
-  std::int32_t besti[QB];
+  alignas(64) float xs[QB * D];  // block queries in range order, as -2 x zero padded
+  float bs[QB];
+  std::int32_t bis[QB];
   idx_t lo[QB], hi[QB];
   int order[QB];
   for (idx_t q0 = 0; q0 < n; q0 += QB) {
     const idx_t nq = std::min(QB, n - q0);
-    for (idx_t q = 0; q < nq; ++q) {
-      const float* xq = x + (q0 + q) * D;
+    const idx_t nr = (nq + QN - 1) / QN * QN;
+    // Ranges (CH aligned) and range order of the block, then queries gathered in that order.
+    nearest_hint_block(h, cb, CH, x + q0 * cb.dq, nq, hint + q0, lo, hi, order);
+    for (idx_t p = 0; p < nr; ++p) {
+      const int q = order[std::min(p, nq - 1)];
+      const float* xq = x + (q0 + q) * cb.dq;
       const std::int32_t hq = hint[q0 + q];
-      nearest_hint_range(h, cb.k, D, xq, hq, &lo[q], &hi[q]);
-      lo[q] = lo[q] / CH * CH;  // kNearestRangeGroup multiples -> chunk multiples
-      hi[q] = std::min(cb.kpad, (hi[q] + CH - 1) / CH * CH);
-      // The hint's score in the kernel's own arithmetic (same FMA chain as a lane).
+      load_queries<D>(xq, cb.dq, 1, xs + p * D);
+      // The hint's score in the kernel's own arithmetic (same FMA chain as a lane; the zero
+      // padding of a lane adds exact zeros).
       float sc = h.norm2[hq];
-      for (int j = 0; j < D; ++j) sc = V::fma1(h.c[idx_t{hq} * D + j], -2.0f * xq[j], sc);
-      best[q] = sc;
-      besti[q] = hq;
-      order[q] = static_cast<int>(q);
-    }
-    // Neighbours in range order share most of their range: pair them (union of ranges).
-    std::sort(order, order + nq, [&](int a, int b) { return lo[a] != lo[b] ? lo[a] < lo[b] : a < b; });
-    float bs[QB];
-    std::int32_t bis[QB];
-    idx_t los[QB], his[QB];
-    for (idx_t p = 0; p < nq; ++p) {
-      const int q = order[p];
-      std::copy(x + (q0 + q) * D, x + (q0 + q + 1) * D, xs + p * D);
-      bs[p] = best[q];
-      bis[p] = besti[q];
-      los[p] = lo[q];
-      his[p] = hi[q];
+      for (int j = 0; j < cb.dq; ++j) sc = V::fma1(h.c[idx_t{hq} * cb.dq + j], -2.0f * xq[j], sc);
+      bs[p] = sc;
+      bis[p] = hq;
     }
     for (idx_t t0 = 0; t0 < cb.kpad; t0 += T) {
       const idx_t t1 = std::min(cb.kpad, t0 + T);
-      idx_t p = 0;
-      for (; p + QN <= nq; p += QN) {
-        idx_t b = los[p], e = his[p];
-        for (int i = 1; i < QN; ++i) {
-          b = std::min(b, los[p + i]);
-          e = std::max(e, his[p + i]);
+      for (idx_t p = 0; p < nr; p += QN) {  // neighbours in range order: union of their ranges
+        idx_t b = t1, e = t0;
+        for (int i = 0; i < QN; ++i) {
+          const int q = order[std::min(p + i, nq - 1)];
+          b = std::min(b, lo[q]);
+          e = std::max(e, hi[q]);
         }
         b = std::max(b, t0);
         e = std::min(e, t1);
         if (b < e) run_tile<V, D, QN, true>(cb, xs + p * D, b, e, bs + p, bis + p);
-      }
-      for (; p < nq; ++p) {
-        const idx_t b = std::max(los[p], t0), e = std::min(his[p], t1);
-        if (b < e) run_tile<V, D, 1, true>(cb, xs + p * D, b, e, bs + p, bis + p);
       }
     }
     for (idx_t p = 0; p < nq; ++p) idx[q0 + order[p]] = bis[p];
@@ -209,35 +224,38 @@ void search_hinted_fixed(const NearestCodebook& cb, const NearestHintData& h, co
 }
 
 using SearchFn = void (*)(const NearestCodebook&, const float*, idx_t, std::int32_t*);
-
-template <class V, int QN, int... Ds>
-constexpr SearchFn pick(int d, std::integer_sequence<int, Ds...>) {
-  SearchFn fn = nullptr;
-  ((fn = (d == Ds + 1) ? &search_fixed<V, Ds + 1, QN> : fn), ...);
-  return fn;
-}
-
-/// Entry used by each ISA TU: dispatches on d (1..16) to the unrolled instance.
-template <class V, int QN>
-void search(const NearestCodebook& cb, const float* x, idx_t n, std::int32_t* idx) {
-  const SearchFn fn = pick<V, QN>(cb.d, std::make_integer_sequence<int, 16>{});
-  if (fn) fn(cb, x, n, idx);
-}
-
 using HintedFn = void (*)(const NearestCodebook&, const NearestHintData&, const float*, idx_t, const std::int32_t*,
                           std::int32_t*);
 
-template <class V, int QN, int... Ds>
-constexpr HintedFn pick_hinted(int d, std::integer_sequence<int, Ds...>) {
-  HintedFn fn = nullptr;
-  ((fn = (d == Ds + 1) ? &search_hinted_fixed<V, Ds + 1, QN> : fn), ...);
-  return fn;
+/// Entry used by each ISA TU: dispatches on the layout dimension (one of kNearestDims).
+template <class V, int QN>
+void search(const NearestCodebook& cb, const float* x, idx_t n, std::int32_t* idx) {
+  SearchFn fn = nullptr;
+  switch (cb.d) {
+    case 2: fn = &search_fixed<V, 2, QN>; break;
+    case 4: fn = &search_fixed<V, 4, QN>; break;
+    case 6: fn = &search_fixed<V, 6, QN>; break;
+    case 8: fn = &search_fixed<V, 8, QN>; break;
+    case 12: fn = &search_fixed<V, 12, QN>; break;
+    case 16: fn = &search_fixed<V, 16, QN>; break;
+    default: break;
+  }
+  if (fn) fn(cb, x, n, idx);
 }
 
 template <class V, int QN>
 void search_hinted(const NearestCodebook& cb, const NearestHintData& h, const float* x, idx_t n,
                    const std::int32_t* hint, std::int32_t* idx) {
-  const HintedFn fn = pick_hinted<V, QN>(cb.d, std::make_integer_sequence<int, 16>{});
+  HintedFn fn = nullptr;
+  switch (cb.d) {
+    case 2: fn = &search_hinted_fixed<V, 2, QN>; break;
+    case 4: fn = &search_hinted_fixed<V, 4, QN>; break;
+    case 6: fn = &search_hinted_fixed<V, 6, QN>; break;
+    case 8: fn = &search_hinted_fixed<V, 8, QN>; break;
+    case 12: fn = &search_hinted_fixed<V, 12, QN>; break;
+    case 16: fn = &search_hinted_fixed<V, 16, QN>; break;
+    default: break;
+  }
   if (fn) fn(cb, h, x, n, hint, idx);
 }
 
