@@ -53,6 +53,19 @@ def _build_class() -> Any:
             return cls(qweight, bias)
 
         @classmethod
+        def from_linear(cls, linear: nn.Linear, qweight: Any) -> QuantizedLinear:
+            """Replacement for ``linear`` whose weight was quantized into ``qweight`` (a
+            ``vptq.QuantizedWeight`` of the same shape); takes the Linear's bias."""
+            if not isinstance(linear, nn.Linear):
+                raise TypeError(f"linear: expected torch.nn.Linear, got {type(linear).__name__}")
+            shape = (int(qweight.out_features), int(qweight.in_features))
+            if shape != (linear.out_features, linear.in_features):
+                raise ValueError(f"qweight: expected shape {(linear.out_features, linear.in_features)} "
+                                 f"(out, in) of the Linear, got {shape}")
+            bias = None if linear.bias is None else linear.bias.detach().float().cpu().numpy()
+            return cls(qweight, bias)
+
+        @classmethod
         def from_state_dict(cls, tensors: Mapping[str, Any], layer_config: Mapping[str, Any]) -> QuantizedLinear:
             """From the official tensors and ``config_for_layers`` entry of one layer."""
             return cls(_NumpyQuantizedLinear.from_state_dict(tensors, layer_config))

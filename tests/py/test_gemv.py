@@ -280,3 +280,20 @@ def test_torch_quantized_linear() -> None:
     with pytest.raises(ValueError, match="32"):
         m(torch.zeros(2, 31))
     assert "in_features=32" in repr(m)
+
+
+def test_torch_from_linear_matches_dense() -> None:
+    torch = pytest.importorskip("torch")
+    import vptq.torch as vt
+    from vptq.quantize import QuantizedWeight
+
+    d = random_vq(24, 40, 8, 16, 16, seed=11)
+    qw = QuantizedWeight(d["layout"], d["centroids"], d["indices"], res_centroids=d["res_centroids"],
+                         res_indices=d["res_indices"], perm=d["perm"], scale=d["scale"], bias=d["norm_bias"])
+    lin = torch.nn.Linear(40, 24)
+    m = vt.QuantizedLinear.from_linear(lin, qw)
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(1))
+    ref = x.double() @ torch.from_numpy(qw.dequantize()).double().T + lin.bias.detach().double()
+    torch.testing.assert_close(m(x).double(), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        vt.QuantizedLinear.from_linear(torch.nn.Linear(41, 24), qw)
