@@ -21,8 +21,11 @@ namespace vptq::bind {
 namespace py = pybind11;
 
 using BindFn = void (*)(py::module_&);
+/// A binding group; groups run in (order, name) order. Groups that define classes
+/// other groups use in their signatures take a lower order, so that signatures
+/// (and the generated .pyi stub) show Python types instead of C++ names.
 struct Registration {
-  Registration(const char* name, BindFn fn);
+  Registration(const char* name, BindFn fn, int order);
 };
 void run_registrations(py::module_& m);
 
@@ -81,9 +84,11 @@ CArray<T> empty(std::vector<py::ssize_t> shape) {
 
 #define VPTQ_BIND_CONCAT_(a, b) a##b
 #define VPTQ_BIND_CONCAT(a, b) VPTQ_BIND_CONCAT_(a, b)
-/// Usage: VPTQ_REGISTER_BINDINGS(kmeans) { m.def(...); }   (m is the py::module_&)
-#define VPTQ_REGISTER_BINDINGS(name)                                                  \
-  static void VPTQ_BIND_CONCAT(vptq_bind_, name)(::pybind11::module_ & m);            \
-  static ::vptq::bind::Registration VPTQ_BIND_CONCAT(vptq_bind_reg_, name)(#name,     \
-                                                    &VPTQ_BIND_CONCAT(vptq_bind_, name)); \
+/// Usage: VPTQ_REGISTER_BINDINGS_AT(hessian, 10) { m.def(...); }   (m is the py::module_&)
+#define VPTQ_REGISTER_BINDINGS_AT(name, order)                                             \
+  static void VPTQ_BIND_CONCAT(vptq_bind_, name)(::pybind11::module_ & m);                 \
+  static ::vptq::bind::Registration VPTQ_BIND_CONCAT(vptq_bind_reg_, name)(                \
+      #name, &VPTQ_BIND_CONCAT(vptq_bind_, name), order);                                  \
   static void VPTQ_BIND_CONCAT(vptq_bind_, name)(::pybind11::module_ & m)
+/// Usage: VPTQ_REGISTER_BINDINGS(kmeans) { m.def(...); }   (default order 50)
+#define VPTQ_REGISTER_BINDINGS(name) VPTQ_REGISTER_BINDINGS_AT(name, 50)

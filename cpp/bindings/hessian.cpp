@@ -32,7 +32,7 @@ void add_batch(HessianAccumulator& acc, const CArray<T>& x) {
 
 }  // namespace
 
-VPTQ_REGISTER_BINDINGS(hessian) {
+VPTQ_REGISTER_BINDINGS_AT(hessian, 10) {  // defines PreparedHessian, used by others
   py::class_<HessianAccumulator>(m, "HessianAccumulator",
                                  "Streaming float64 accumulation of S = sum of x x^T over rows of x [rows, n].\n"
                                  "Not safe to share one object between Python threads.")

@@ -1,7 +1,8 @@
 // The extension module vptq._core: exception mapping, threads, SIMD level, and
 // the registered binding groups of the other files in this folder.
 #include <algorithm>
-#include <utility>
+#include <string>
+#include <vector>
 
 #include "bind.h"
 #include "vptq/simd.h"
@@ -9,18 +10,27 @@
 namespace vptq::bind {
 
 namespace {
-std::vector<std::pair<std::string, BindFn>>& registry() {
-  static std::vector<std::pair<std::string, BindFn>> r;
+struct Entry {
+  int order;
+  std::string name;
+  BindFn fn;
+};
+std::vector<Entry>& registry() {
+  static std::vector<Entry> r;
   return r;
 }
 }  // namespace
 
-Registration::Registration(const char* name, BindFn fn) { registry().emplace_back(name, fn); }
+Registration::Registration(const char* name, BindFn fn, int order) {
+  registry().push_back(Entry{order, name, fn});
+}
 
 void run_registrations(py::module_& m) {
   auto r = registry();
-  std::sort(r.begin(), r.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (auto& [name, fn] : r) fn(m);
+  std::sort(r.begin(), r.end(), [](const Entry& a, const Entry& b) {
+    return a.order != b.order ? a.order < b.order : a.name < b.name;
+  });
+  for (const Entry& e : r) e.fn(m);
 }
 
 }  // namespace vptq::bind
