@@ -71,7 +71,7 @@ VPTQ_REGISTER_BINDINGS(kmeans) {
           const CodebookSearcher s(cp, k, d);
           constexpr idx_t B = 1024;
           if (gemm) set_blas_threads(1);
-          parallel_for((n + B - 1) / B, [&](idx_t b) {
+          parallel_for_dynamic((n + B - 1) / B, [&](idx_t b) {
             const idx_t i0 = b * B;
             if (gemm)
               s.search_gemm(xp + i0 * d, std::min(B, n - i0), ip + i0, dp + i0);

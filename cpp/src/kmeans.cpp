@@ -148,7 +148,9 @@ struct Lloyd {
     const CodebookSearcher s(c.data(), k, d);
     const idx_t nb = (n + kAssignBlock - 1) / kAssignBlock;
     part.assign(static_cast<std::size_t>(nb), 0.0);
-    parallel_for(nb, [&](idx_t b) {
+    // Dynamic schedule: blocks cost different amounts (hinted ranges) and the machine may be
+    // shared; each block writes its own slots, so the result does not depend on the schedule.
+    parallel_for_dynamic(nb, [&](idx_t b) {
       const idx_t i0 = b * kAssignBlock, cnt = std::min(kAssignBlock, n - i0);
       if (hinted)
         s.search_hinted(x + i0 * d, cnt, a.data() + i0, a.data() + i0, dist.data() + i0);
@@ -176,7 +178,7 @@ struct Lloyd {
     err.assign(static_cast<std::size_t>(k), 0.0);
     empty.assign(static_cast<std::size_t>(k), 0);
     const idx_t nb = (k + kUpdateBlock - 1) / kUpdateBlock;
-    parallel_for(nb, [&](idx_t b) {
+    parallel_for_dynamic(nb, [&](idx_t b) {
       double sx[16];
       for (idx_t j = b * kUpdateBlock; j < std::min(k, (b + 1) * kUpdateBlock); ++j) {
         double sw = 0.0, se = 0.0;
