@@ -485,33 +485,25 @@ void GemvPlan::dequantize_task(idx_t t, float* out) const {
     const idx_t th = s.tile_rows();
     const idx_t first = row0 / th;
     const idx_t last = std::min(s.num_tiles, first + task_rows_ / th);
-    std::vector<float> qbuf(static_cast<std::size_t>(s.v * s.cols));  // [v, cols] one row block, permuted order
     for (idx_t tt = first; tt < last; ++tt)
       for (int r = 0; r < s.rb; ++r) {
+        // one row block (v rows x N floats) at a time keeps the written rows in cache
         const idx_t rstart = (tt * s.rb + r) * s.v;
         if (rstart >= M_) break;
         const int nl = static_cast<int>(std::min<idx_t>(s.v, M_ - rstart));
-        // 1) codebook entries of the block's columns, row by row (sequential writes)
+        float* o = out + (rstart - row0) * N_;
         for (idx_t c = 0; c < s.cols; ++c) {
           const std::size_t pos = static_cast<std::size_t>((tt * s.cols + c) * s.rb + r);
+          const idx_t j = perm_[static_cast<std::size_t>(s.col_begin + c)];
+          const float sc = scale_[static_cast<std::size_t>(j)];
+          const float bi = nbias_.empty() ? 0.0f : nbias_[static_cast<std::size_t>(j)];
           const idx_t off = static_cast<idx_t>(s.idx[pos]) * mult;
           if (s.kr > 0) {
             const idx_t roff = static_cast<idx_t>(s.ridx[pos]) * mult;
             for (int l = 0; l < nl; ++l)
-              qbuf[static_cast<std::size_t>(l * s.cols + c)] =
-                  entry(cb16, s.cb32.data(), off, l) + entry(rcb16, s.rcb32.data(), roff, l);
+              o[l * N_ + j] = (entry(cb16, s.cb32.data(), off, l) + entry(rcb16, s.rcb32.data(), roff, l)) * sc + bi;
           } else {
-            for (int l = 0; l < nl; ++l) qbuf[static_cast<std::size_t>(l * s.cols + c)] = entry(cb16, s.cb32.data(), off, l);
-          }
-        }
-        // 2) un-permute + normalise into the output rows (writes stay within one row)
-        for (int l = 0; l < nl; ++l) {
-          float* orow = out + (rstart + l - row0) * N_;
-          const float* q = qbuf.data() + static_cast<std::size_t>(l) * static_cast<std::size_t>(s.cols);
-          for (idx_t c = 0; c < s.cols; ++c) {
-            const idx_t j = perm_[static_cast<std::size_t>(s.col_begin + c)];
-            const float bi = nbias_.empty() ? 0.0f : nbias_[static_cast<std::size_t>(j)];
-            orow[j] = q[c] * scale_[static_cast<std::size_t>(j)] + bi;
+            for (int l = 0; l < nl; ++l) o[l * N_ + j] = entry(cb16, s.cb32.data(), off, l) * sc + bi;
           }
         }
       }
