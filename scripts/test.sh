@@ -14,7 +14,7 @@ cmake --build build/cpp -j "$JOBS"
 ctest --test-dir build/cpp --output-on-failure -j "$JOBS"
 
 echo "== C++ tests (ASan+UBSan)"
-cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVPTQ_BUILD_TESTS=ON \
+cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DVPTQ_BUILD_TESTS=ON \
   -DVPTQ_BUILD_PYTHON=OFF -DVPTQ_WERROR=ON -DVPTQ_SANITIZE=ON >/dev/null
 cmake --build build/asan -j "$JOBS"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
