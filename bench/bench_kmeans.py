@@ -58,14 +58,17 @@ def run_ours(x: np.ndarray, w: np.ndarray, k: int, iters: int, seed: int) -> tup
     return res.centroids, time.perf_counter() - t0
 
 
-def run_faiss(x: np.ndarray, w: np.ndarray, k: int, iters: int, seed: int) -> tuple[np.ndarray, float]:
+def run_faiss(
+    x: np.ndarray, w: np.ndarray, k: int, iters: int, seed: int, init: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
+    """faiss Lloyd on all points (no subsampling), from its own random init or from ``init``."""
     import faiss
 
     km = faiss.Kmeans(
         x.shape[1], k, niter=iters, seed=seed, max_points_per_centroid=x.shape[0] // k + 1, verbose=False
     )
     t0 = time.perf_counter()
-    km.train(x, weights=w)
+    km.train(x, weights=w, init_centroids=init)
     return np.asarray(km.centroids, dtype=np.float32), time.perf_counter() - t0
 
 
@@ -81,18 +84,27 @@ def bench_kmeans(args: argparse.Namespace) -> None:
         f"{'threads':>7} {'vptq_s':>8} {'faiss_s':>8} {'faiss/vptq':>10} "
         f"{'inertia_vptq':>14} {'inertia_faiss':>14} {'vptq/faiss':>10}"
     )
+    c_ours = None
     for threads in args.threads:
         vptq.set_num_threads(threads)
         faiss.omp_set_num_threads(threads)
         c_ours, t_ours = run_ours(x, w, args.k, args.iters, args.seed)
         c_faiss, t_faiss = run_faiss(x, w, args.k, args.iters, args.seed)
-        vptq.set_num_threads(2)
         i_ours = weighted_inertia(x, w, c_ours)
         i_faiss = weighted_inertia(x, w, c_faiss)
         print(
             f"{threads:>7} {t_ours:>8.2f} {t_faiss:>8.2f} {t_faiss / t_ours:>10.2f} "
             f"{i_ours:>14.6g} {i_faiss:>14.6g} {i_ours / i_faiss:>10.4f}"
         )
+    # Quality at equal footing: faiss started from vptq's initial centroids (max_iter=0 returns them).
+    init = kmeans(x, args.k, w, max_iter=0, seed=args.seed).centroids
+    c_same, _ = run_faiss(x, w, args.k, args.iters, args.seed, init=init)
+    i_ours = weighted_inertia(x, w, c_ours)
+    i_same = weighted_inertia(x, w, c_same)
+    print(
+        f"same initial centroids: inertia_vptq {i_ours:.6g}  inertia_faiss {i_same:.6g}  "
+        f"vptq/faiss {i_ours / i_same:.4f}"
+    )
 
 
 def bench_nearest(args: argparse.Namespace) -> None:
