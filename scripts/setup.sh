@@ -25,7 +25,7 @@ fi
 if [[ "$EXTRAS" == *hf* ]]; then
   "$PY" -m pip install -q "torch==2.13.0"
 fi
-"$PY" -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.13" ninja
+"$PY" -m pip install -q "scikit-build-core>=0.10" "pybind11==3.1.0" ninja
 "$PY" -m pip install -q --no-build-isolation -e ".[${EXTRAS}]"
 if [[ "$EXTRAS" == *hf* ]]; then
   # The reference model of the demo: SmolLM2-135M-Instruct as a Q4_1 GGUF. Only the file is
