@@ -119,6 +119,9 @@ def _fingerprint(model: Any, segments: np.ndarray, config: Any, method: str, bit
                  sequential: bool) -> str:
     h = hashlib.sha256()
     h.update(segments.tobytes())
+    _, blocks = decoder_blocks(model)
+    for _, p in sorted(blocks[0].named_parameters()):  # identifies the source weights cheaply
+        h.update(p.detach().float().contiguous().numpy().tobytes())
     h.update(json.dumps([type(model).__name__, _config_json(config), method, bits, group_size, sequential],
                         sort_keys=True).encode())
     return h.hexdigest()

@@ -265,3 +265,34 @@ def test_cli_user_errors(hf_dir: Path, tmp_path: Path, capsys: pytest.CaptureFix
         err = capsys.readouterr().err
         assert err.startswith(f"vptq {argv[0]}: error:")
         assert "Traceback" not in err
+
+
+def test_shared_inputs_share_one_hessian() -> None:
+    model = tiny_llama()
+    block = model.model.layers[0]
+    linears = pipeline._block_linears(block, "b")
+    captured = pipeline._capture_inputs(model, block, segments(), 2)
+    hooks = pipeline._HessianHooks(linears)
+    try:
+        hooks.run(block, captured)
+    finally:
+        hooks.remove()
+    assert hooks.owner == {"b.self_attn.q_proj": "b.self_attn.q_proj", "b.self_attn.k_proj": "b.self_attn.q_proj",
+                           "b.self_attn.v_proj": "b.self_attn.q_proj", "b.self_attn.o_proj": "b.self_attn.o_proj",
+                           "b.mlp.gate_proj": "b.mlp.gate_proj", "b.mlp.up_proj": "b.mlp.gate_proj",
+                           "b.mlp.down_proj": "b.mlp.down_proj"}
+    # the shared Hessian is E[x xᵀ] of the attention input (post-norm hidden states), 4·16 rows
+    H = hooks.hessian("b.self_attn.v_proj")
+    assert H.count == 64
+    with torch.no_grad():
+        x = torch.cat([block.input_layernorm(h) for h, _ in captured]).reshape(-1, 32).double()
+    np.testing.assert_allclose(H.matrix, (x.T @ x / 64).numpy(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="not called"):
+        hooks.hessian("b.nope")
+
+
+def test_resume_refuses_other_weights(tmp_path: Path) -> None:
+    seg = segments()
+    pipeline.quantize_model(tiny_llama(), seg, None, method="rtn", progress=False, resume_dir=tmp_path)
+    with pytest.raises(ValueError, match="different"):
+        pipeline.quantize_model(tiny_llama(seed=1), seg, None, method="rtn", progress=False, resume_dir=tmp_path)
