@@ -32,6 +32,29 @@ def _load_source(model: str) -> tuple[Any, Any]:
     return load_hf_model(None if model == "smollm2" else model)
 
 
+def _save_plain(model: Any, tokenizer: Any, out: Path) -> None:
+    """save_pretrained into a temp dir renamed to ``out``; a model loaded from GGUF (already
+    dequantized to float) is saved as a plain float model."""
+    import os
+    import shutil
+    import uuid
+
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from . import io
     from .calib import read_text
@@ -60,9 +83,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         io.save_quantized(out, model, quantized, tokenizer=tokenizer, source_dir=source_dir,
                           extra_metadata={**meta, "layers": report})
     else:  # scalar baselines: the fake-quantized (dequantized) model, evaluable like any HF model
-        model.save_pretrained(str(out))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(out))
+        _save_plain(model, tokenizer, out)
     (out / "quantize_report.json").write_text(json.dumps({**meta, "layers": report}, indent=1) + "\n")
     n = sum(r["shape"][0] * r["shape"][1] for r in report)
     bits = sum(r["bits_per_weight"] * r["shape"][0] * r["shape"][1] for r in report) / n
