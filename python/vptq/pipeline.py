@@ -380,7 +380,8 @@ def quantize_model(
     report: list[dict[str, Any]] = []
     try:
         inputs = _capture_inputs(model, blocks[0], segments, batch_size)
-        for i, block in enumerate(blocks):
+        last = max(i for i, b in enumerate(names_per_block) if b)  # later blocks need no inputs
+        for i, block in enumerate(blocks[:last + 1]):
             linears = names_per_block[i]
             done = rdir / _BLOCK_FILE.format(i) if rdir is not None else None
             if done is not None and done.is_file():
