@@ -296,3 +296,12 @@ def test_resume_refuses_other_weights(tmp_path: Path) -> None:
     pipeline.quantize_model(tiny_llama(), seg, None, method="rtn", progress=False, resume_dir=tmp_path)
     with pytest.raises(ValueError, match="different"):
         pipeline.quantize_model(tiny_llama(seed=1), seg, None, method="rtn", progress=False, resume_dir=tmp_path)
+
+
+def test_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    q, _ = pipeline.quantize_model(tiny_llama(), segments(), None, method="rtn", group_size=16, progress=True)
+    assert len(q) == 14
+    err = capsys.readouterr().err
+    assert "rtn quantize" in err
+    assert "14/14" in err
