@@ -305,3 +305,17 @@ def test_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "rtn quantize" in err
     assert "14/14" in err
+
+
+def test_block_by_block_reproduces_the_model() -> None:
+    """The captured block-0 inputs run through every block give the model's own logits."""
+    model = tiny_llama()
+    seg = segments()
+    inputs = pipeline._capture_inputs(model, model.model.layers[0], seg, 3)
+    assert [h.shape[0] for h, _ in inputs] == [3, 1]
+    for block in model.model.layers:
+        inputs = pipeline._run_block(block, inputs)
+    with torch.no_grad():
+        logits = torch.cat([model.lm_head(model.model.norm(h)) for h, _ in inputs])
+        ref = model(torch.from_numpy(seg)).logits
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
