@@ -25,8 +25,11 @@ float round_bf16(float f) {
   std::uint32_t u;
   std::memcpy(&u, &f, sizeof(u));
   u &= 0xffff0000u;
-  std::memcpy(&f, &u, sizeof(u));
-  return f;
+  // Into a local, not back into the parameter: GCC 12 at -O2 with ASan+UBSan returned
+  // the unmodified parameter when the memcpy wrote into it.
+  float r;
+  std::memcpy(&r, &u, sizeof(r));
+  return r;
 }
 
 float round_f16(float f) {
