@@ -18,6 +18,7 @@ from .hessian import Hessian, PreparedHessian, prepare_hessian, proxy_loss
 from .io import CheckpointExistsError, load_model, load_quantized_state, save_quantized
 from .kmeans import KMeansResult, kmeans, nearest_centroid
 from .layers import QuantizedLinear
+from .pipeline import quantize_model
 from .quantize import QuantizedWeight, quantize_weight
 
 __version__ = "0.1.0"
@@ -75,6 +76,7 @@ __all__ = [
     "perplexity",
     "prepare_hessian",
     "proxy_loss",
+    "quantize_model",
     "quantize_weight",
     "rtn",
     "save_quantized",
