@@ -159,9 +159,10 @@ void run_pass_chunk(const PassContext& ctx, idx_t r0, idx_t r1, const PassOutput
 int gcd_int(int a, int b) { return b == 0 ? a : gcd_int(b, a % b); }
 
 /// Gathers the vectors of permuted columns [c0, c1) (v rows each, zero-padded) from
-/// a [N, Mp] column-major source, with weights colw[p] * (real rows)/v.
+/// a [N, Mp] column-major source, each column divided by div[p] (div nullable = 1),
+/// with weights colw[p] * (real rows)/v.
 void gather_vectors(const float* src, idx_t Mp, idx_t M, idx_t c0, idx_t c1, int v, const double* colw,
-                    std::vector<float>& data, std::vector<float>& weights) {
+                    const float* div, std::vector<float>& data, std::vector<float>& weights) {
   const idx_t R = (M + v - 1) / v;
   const idx_t n = (c1 - c0) * R;
   data.assign(static_cast<std::size_t>(n * v), 0.0f);
@@ -171,7 +172,13 @@ void gather_vectors(const float* src, idx_t Mp, idx_t M, idx_t c0, idx_t c1, int
     for (idx_t r = 0; r < R; ++r) {
       const idx_t vid = cc * R + r;
       const idx_t real = std::min<idx_t>(v, M - r * v);
-      std::copy_n(src + p * Mp + r * v, real, data.data() + vid * v);
+      const float* in = src + p * Mp + r * v;
+      float* out = data.data() + vid * v;
+      if (div != nullptr) {
+        for (idx_t e = 0; e < real; ++e) out[e] = in[e] / div[p];
+      } else {
+        std::copy_n(in, real, out);
+      }
       weights[static_cast<std::size_t>(vid)] = static_cast<float>(colw[p] * static_cast<double>(real) / v);
     }
   }, static_cast<double>(n * v));
@@ -266,19 +273,13 @@ VQResult vptq_quantize(const float* W, idx_t M, idx_t N, const PreparedHessian& 
   }, 4.0 * M * N);
 
   // 3. Codebooks by Hessian-weighted k-means on the normalised weights.
-  std::vector<float> data, weights, norm_cols;
-  auto normalised_source = [&]() -> const float* {
-    if (!P.norm_aware_hessian) return Wt.data();
-    norm_cols.resize(Wt.size());
-    for (idx_t p = 0; p < N; ++p)
-      for (idx_t i = 0; i < Mp; ++i) norm_cols[p * Mp + i] = Wt[p * Mp + i] / sp[p];
-    return norm_cols.data();
-  };
-  const float* Wn = normalised_source();
+  // k-means sees the normalised weights: the centred working copy divided by sp.
+  std::vector<float> data, weights;
+  const float* div = P.norm_aware_hessian ? sp.data() : nullptr;
   res.outlier_centroids.clear();
   Codebook outlier_cb;
   if (os > 0) {
-    gather_vectors(Wn, Mp, M, 0, os, L.v0, colw.data(), data, weights);
+    gather_vectors(Wt.data(), Mp, M, 0, os, L.v0, colw.data(), div, data, weights);
     outlier_cb = make_codebook(res.outlier_centroids, data.data(), weights.data(), os * R0, L.v0, L.k0, P.kmeans,
                                0, res.kmeans_stats, "outlier codebook");
   }
@@ -286,12 +287,10 @@ VQResult vptq_quantize(const float* W, idx_t M, idx_t N, const PreparedHessian& 
   std::vector<std::vector<float>> main_store(static_cast<std::size_t>(G));
   std::vector<Codebook> main_cbs;
   for (idx_t g = 0; g < G; ++g) {
-    gather_vectors(Wn, Mp, M, os + g * gs, os + (g + 1) * gs, L.v, colw.data(), data, weights);
+    gather_vectors(Wt.data(), Mp, M, os + g * gs, os + (g + 1) * gs, L.v, colw.data(), div, data, weights);
     main_cbs.push_back(make_codebook(main_store[g], data.data(), weights.data(), gs * R, L.v, L.k1, P.kmeans,
                                      1 + static_cast<std::uint64_t>(g), res.kmeans_stats, "main codebook"));
   }
-  norm_cols.clear();
-  norm_cols.shrink_to_fit();
 
   // 4. VPTQ pass(es) over fixed row chunks.
   const int lcm = L.v0 > 0 && os > 0 ? L.v / gcd_int(L.v, L.v0) * L.v0 : L.v;
@@ -335,7 +334,8 @@ VQResult vptq_quantize(const float* W, idx_t M, idx_t N, const PreparedHessian& 
     out.qerr = nullptr;
     res_store.resize(static_cast<std::size_t>(G));
     for (idx_t g = 0; g < G; ++g) {
-      gather_vectors(qerr.data(), Mp, M, os + g * gs, os + (g + 1) * gs, L.v, colw.data(), data, weights);
+      gather_vectors(qerr.data(), Mp, M, os + g * gs, os + (g + 1) * gs, L.v, colw.data(), nullptr, data,
+                     weights);
       res_cbs.push_back(make_codebook(res_store[g], data.data(), weights.data(), gs * R, L.v, L.k2, P.kmeans,
                                       1000 + static_cast<std::uint64_t>(g), res.kmeans_stats,
                                       "residual codebook"));
