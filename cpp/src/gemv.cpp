@@ -90,11 +90,9 @@ void tile_scalar_body(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch
                       Load load) {
   const int v = a.v, vp = a.vp, rb = a.rb;
   const idx_t mult = a.premul ? 1 : vp;
-  std::vector<float> rsum(a.ridx != nullptr ? static_cast<std::size_t>(rb * v) : 0);  // [rb * v]
   for (idx_t b = 0; b < batch; ++b) {
     float* out = acc + b * ld;
     const float* xr = xs + b * ldx;
-    std::fill(rsum.begin(), rsum.end(), 0.0f);
     for (idx_t c = 0; c < a.cols; ++c) {
       const float x = xr[c];
       const std::uint16_t* ip = a.idx + c * rb;
@@ -102,15 +100,17 @@ void tile_scalar_body(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch
       for (int r = 0; r < rb; ++r) {
         const idx_t off = static_cast<idx_t>(ip[r]) * mult;
         float* o = out + r * v;
-        for (int l = 0; l < v; ++l) o[l] += x * load(a.cb, off + l);
         if (rp != nullptr) {
           const idx_t roff = static_cast<idx_t>(rp[r]) * mult;
-          float* ro = rsum.data() + r * v;
-          for (int l = 0; l < v; ++l) ro[l] += x * load(a.rcb, roff + l);
+          for (int l = 0; l < v; ++l) {
+            const float q = load(a.cb, off + l) + load(a.rcb, roff + l);  // the weight, rounded once
+            o[l] += x * q;
+          }
+        } else {
+          for (int l = 0; l < v; ++l) o[l] += x * load(a.cb, off + l);
         }
       }
     }
-    for (std::size_t i = 0; i < rsum.size(); ++i) out[i] += rsum[i];
   }
 }
 

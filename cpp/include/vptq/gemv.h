@@ -28,15 +28,16 @@
 //
 // Numerics (the contract the tests check): every output is accumulated in fp32,
 // sequentially over permuted columns p = 0..N-1 (outliers first, then the groups
-// in order); within a group with a residual codebook, the residual terms are summed
-// separately (from 0, sequentially) and added after the group's main terms; then
-// the norm-bias dot product (computed in double, rounded once) and the layer bias
-// are added. All SIMD levels use this exact order; they differ from the scalar
-// reference only by fused multiply-add rounding, so for an output with
-// n = N (+ N with a residual) accumulated terms t_k:
+// in order); within a group with a residual codebook, each weight vector is first
+// formed as main + residual entry in fp32 (rounded once, exactly as in dequantize)
+// and then multiplied, so there is one term per column; then the norm-bias dot
+// product (computed in double, rounded once) and the layer bias are added. All SIMD
+// levels use this exact order; they differ from the scalar reference only by fused
+// multiply-add rounding, so for an output with n = N accumulated terms t_k:
 //   |y_simd - y_scalar| <= 2 · (n + 2) · 2^-24 · (Σ_k |t_k| + |Σ x·bias| + |layer bias|).
-// The histogram form for batches (GemvOptions::hist_min_batch) regroups the sums:
-// per output, n + k + 2 terms in the same bound.
+// The histogram form for batches (GemvOptions::hist_min_batch) regroups the sums
+// (main and residual products separately): per output, 2n + k + kr + 2 terms in the
+// same bound, with |t_k| taken over the main and residual products.
 // Results are bit-identical for any thread count (row tiles are fixed, each
 // output is computed by one thread). NaN/Inf in x propagate as in a dense BLAS
 // product: a non-finite x[b, j] makes (essentially) every y[b, :] non-finite.

@@ -94,10 +94,11 @@ void gemv_hist_avx512(const TileArgs& a, const float* xst, idx_t ldt, idx_t batc
 #endif
 
 /// Accumulates one tile: for b < batch, block r < rb, lane l < v (o = b*ld + r*v + l):
-///   acc[o] = (acc[o] + Σ_c xs[b*ldx + c] · cb[idx[c*rb+r]][l]) + Σ_c xs[b*ldx + c] · rcb[ridx[c*rb+r]][l]
-/// with both sums accumulated sequentially in c (the residual sum starts at 0).
-/// (with premul, idx holds index * vp, i.e. the entry's offset in floats/halves)
-/// sequentially in c. xs: [batch, ldx] (column 0 = the section's first column);
+///   acc[o] += Σ_c xs[b*ldx + c] · q(c, r, l),   q = cb[idx[c*rb+r]][l] (+ rcb[ridx[c*rb+r]][l])
+/// accumulated sequentially in c; with a residual codebook the entry sum q is rounded to
+/// fp32 once (it is the dequantized weight before scaling) and then multiplied.
+/// (with premul, idx holds index * vp, i.e. the entry's offset in floats/halves.)
+/// xs: [batch, ldx] (column 0 = the section's first column);
 /// acc: [batch, ld] with ld >= rb*v + 16 addressable floats per row (lanes past v are
 /// never modified).
 using TileKernel = void (*)(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc,

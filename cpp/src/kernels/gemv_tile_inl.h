@@ -58,18 +58,6 @@ inline void tile_block(const TileArgs& a, int r0, const float* xs, idx_t ldx, fl
 #pragma GCC unroll 2
       for (int h = 0; h < NV; ++h)
         A[b][r][h] = _mm256_maskload_ps(acc + b * ld + (r0 + r) * v + 8 * h, masks[h]);
-  // Residual terms go to their own accumulators (summed into A at the end): this
-  // halves the FMA dependency chains per accumulator.
-  __m256 Bres[RES ? BT : 1][RES ? RBS : 1][NV];
-  if constexpr (RES) {
-#pragma GCC unroll 4
-    for (int b = 0; b < BT; ++b)
-#pragma GCC unroll 16
-      for (int r = 0; r < RBS; ++r)
-#pragma GCC unroll 2
-        for (int h = 0; h < NV; ++h) Bres[b][r][h] = _mm256_setzero_ps();
-  }
-
   const std::uint16_t* ip = a.idx + r0;
   const std::uint16_t* rp = RES ? a.ridx + r0 : nullptr;
   const void* cb = a.cb;
@@ -80,7 +68,7 @@ inline void tile_block(const TileArgs& a, int r0, const float* xs, idx_t ldx, fl
 #pragma GCC unroll 4
     for (int b = 0; b < BT; ++b) X[b] = _mm256_broadcast_ss(xs + b * ldx + c);
     // Indices are read 4 at a time (one 64-bit load, fields extracted in registers):
-    // this trades load-port pressure, the bottleneck, for cheap ALU work.
+    // this trades load-port pressure for cheap ALU work.
     constexpr int NW = (RBS + 3) / 4;
     std::uint64_t w[NW], rw[NW];
 #pragma GCC unroll 4
@@ -92,21 +80,20 @@ inline void tile_block(const TileArgs& a, int r0, const float* xs, idx_t ldx, fl
     for (int r = 0; r < RBS; ++r) {
       const std::uint32_t i0 = static_cast<std::uint32_t>(w[r / 4] >> (16 * (r % 4))) & 0xffffu;
       const std::uint32_t off = PRE ? i0 : i0 * VP;
-#pragma GCC unroll 2
-      for (int h = 0; h < NV; ++h) {
-        const __m256 C = load_entry8<S>(cb, off + 8 * h);
-#pragma GCC unroll 4
-        for (int b = 0; b < BT; ++b) A[b][r][h] = _mm256_fmadd_ps(X[b], C, A[b][r][h]);
-      }
+      std::uint32_t roff = 0;
       if constexpr (RES) {
         const std::uint32_t i1 = static_cast<std::uint32_t>(rw[r / 4] >> (16 * (r % 4))) & 0xffffu;
-        const std::uint32_t roff = PRE ? i1 : i1 * VP;
+        roff = PRE ? i1 : i1 * VP;
+      }
 #pragma GCC unroll 2
-        for (int h = 0; h < NV; ++h) {
-          const __m256 R = load_entry8<S>(rcb, roff + 8 * h);
+      for (int h = 0; h < NV; ++h) {
+        __m256 C = load_entry8<S>(cb, off + 8 * h);
+        // With a residual codebook the weight vector is formed first (as in the
+        // dequantized matrix: one rounding of main + residual), then multiplied: one
+        // FMA per entry instead of two, and one accumulator per block.
+        if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(rcb, roff + 8 * h));
 #pragma GCC unroll 4
-          for (int b = 0; b < BT; ++b) Bres[b][r][h] = _mm256_fmadd_ps(X[b], R, Bres[b][r][h]);
-        }
+        for (int b = 0; b < BT; ++b) A[b][r][h] = _mm256_fmadd_ps(X[b], C, A[b][r][h]);
       }
     }
     ip += rb;
@@ -118,11 +105,7 @@ inline void tile_block(const TileArgs& a, int r0, const float* xs, idx_t ldx, fl
 #pragma GCC unroll 16
     for (int r = 0; r < RBS; ++r)
 #pragma GCC unroll 2
-      for (int h = 0; h < NV; ++h) {
-        __m256 out = A[b][r][h];
-        if constexpr (RES) out = _mm256_add_ps(out, Bres[b][r][h]);
-        _mm256_maskstore_ps(acc + b * ld + (r0 + r) * v + 8 * h, masks[h], out);
-      }
+      for (int h = 0; h < NV; ++h) _mm256_maskstore_ps(acc + b * ld + (r0 + r) * v + 8 * h, masks[h], A[b][r][h]);
 }
 
 template <int NV, CodebookStorage S, bool RES, bool PRE, int RBS, int BT>
@@ -133,10 +116,8 @@ inline void tile_rows(const TileArgs& a, const float* xs, idx_t ldx, float* acc,
 
 template <int NV, CodebookStorage S, bool RES, bool PRE>
 void tile_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
-  // With a residual codebook each block needs two accumulators: halve the blocks.
-  constexpr int RBS1 = (NV == 1 ? VPTQ_GEMV_RBS1_NV1 : VPTQ_GEMV_RBS1_NV2) / (RES && NV == 2 ? 2 : 1);
-  constexpr int RBSB0 = (NV == 1 ? VPTQ_GEMV_RBSB_NV1 : VPTQ_GEMV_RBSB_NV2) / (RES ? 2 : 1);
-  constexpr int RBSB = RBSB0 > 0 ? RBSB0 : 1;
+  constexpr int RBS1 = NV == 1 ? VPTQ_GEMV_RBS1_NV1 : VPTQ_GEMV_RBS1_NV2;
+  constexpr int RBSB = NV == 1 ? VPTQ_GEMV_RBSB_NV1 : VPTQ_GEMV_RBSB_NV2;
   constexpr int BT = VPTQ_GEMV_BT;
   __m256i masks[NV];
   for (int h = 0; h < NV; ++h) {
