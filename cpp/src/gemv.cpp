@@ -457,9 +457,12 @@ void GemvPlan::forward(const float* x, idx_t batch, float* y, SimdLevel level) c
       }
     }
   };
-  // Small problems run on the calling thread (waking an OpenMP team costs more);
-  // results do not depend on this choice.
-  if (M_ * N_ * batch < (idx_t{1} << 18)) {
+  // Small problems run on the calling thread: waking an OpenMP team costs more than
+  // it saves below ~2M multiply-adds (~0.1-0.2 ms of lookups), and far more when the
+  // other cores are busy (e.g. torch's own spinning OpenMP workers in a decode loop:
+  // a 576x576 layer measured 0.08 ms on one thread, 0.3-3 ms on two). Results do
+  // not depend on this choice.
+  if (M_ * N_ * batch < (idx_t{1} << 21)) {
     for (idx_t t = 0; t < num_tasks_; ++t) task(t);
   } else {
     parallel_for(num_tasks_, task);
