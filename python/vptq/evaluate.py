@@ -165,6 +165,7 @@ def decode_speed(
     new_tokens: int = 32,
     *,
     warmup: bool = True,
+    stop_at_eos: bool = False,
 ) -> DecodeSpeed:
     """Prefill and greedy-decode speed of ``model.generate`` (KV cache on, exactly ``new_tokens``
     generated, end-of-sequence ignored).
@@ -172,7 +173,9 @@ def decode_speed(
     Timestamps come from a streamer: the prompt is pushed before the prefill pass, then every
     new token as it is produced, so prefill = first new token − prompt and decode = the
     remaining ``new_tokens − 1`` steps. ``prompt`` is a text or a 1-D sequence of token ids.
-    ``warmup`` runs one short generate first (allocations, kernel plans).
+    ``warmup`` runs one short generate first (allocations, kernel plans). ``stop_at_eos``: stop
+    at the end-of-sequence token instead (at most ``new_tokens``; the decode rate is NaN when
+    the first token already ends the sequence).
     """
     import torch
 
@@ -193,13 +196,15 @@ def decode_speed(
             if warmup:
                 model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kw)
             stamps = _Stamps()
-            out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=stamps, **kw)
+            limits = {"max_new_tokens": new_tokens} if stop_at_eos else {
+                "max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
+            out = model.generate(ids, streamer=stamps, **limits, **kw)
     finally:
         if was_training:
             model.train()
     gen = out[0, ids.shape[1]:].tolist()
     t = stamps.times
-    if len(t) < 3:
+    if len(t) < (2 if stop_at_eos else 3):
         raise RuntimeError(f"generate produced {len(gen)} tokens; expected {new_tokens}")
     prefill = t[1] - t[0]
     decode = t[-1] - t[1]
@@ -211,7 +216,7 @@ def decode_speed(
         prefill_seconds=prefill,
         prefill_tokens_per_second=ids.shape[1] / prefill if prefill > 0 else math.inf,
         decode_seconds=decode,
-        decode_tokens_per_second=steps / decode if decode > 0 else math.inf,
+        decode_tokens_per_second=steps / decode if decode > 0 else math.inf if steps else math.nan,
         output_ids=gen,
         text=text,
     )

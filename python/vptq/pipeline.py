@@ -29,7 +29,7 @@ from .config import QuantConfig
 from .hessian import Hessian, proxy_loss
 from .quantize import QuantizedWeight, quantize_weight
 
-__all__ = ["METHODS", "decoder_blocks", "quantize_model", "resolve_config"]
+__all__ = ["METHODS", "check_config_fits", "decoder_blocks", "quantize_model", "resolve_config"]
 
 METHODS = ("vptq", "gptq", "rtn")
 _BLOCK_FILE = "block_{:04d}.npz"
@@ -88,6 +88,32 @@ def _check_config(config: Any) -> None:
             _check_config(c)
     elif config is not None:
         resolve_config(config, "")
+
+
+def check_config_fits(config: QuantConfig, out_features: int, in_features: int) -> None:
+    """ValueError saying why ``config`` cannot quantize a W[out_features, in_features] (column groups
+    that do not divide the columns, fewer vectors than centroids to fit a codebook, ...), before
+    any Hessian is collected."""
+    from . import _core
+
+    M, N = int(out_features), int(in_features)
+    try:
+        L = _core.make_layout(M, N, config.vector_len, config.num_centroids, config.num_res_centroids,
+                              float(config.outlier_percent),
+                              config.outlier_vector_len if config.has_outliers else 0,
+                              config.outlier_centroids if config.has_outliers else 0, config.group_num)
+    except ValueError as e:
+        raise ValueError(f"config {config.name} does not fit a {M}x{N} weight: {e}") from e
+    n_vec = L["group_size"] * -(-M // L["v"])
+    for what, k in (("centroids", L["k1"]), ("residual centroids", L["k2"])):
+        if k > n_vec:
+            raise ValueError(f"config {config.name} does not fit a {M}x{N} weight: {k} {what} but only "
+                             f"{n_vec} vectors per group (use fewer centroids or fewer groups)")
+    if L["k0"] > 0 and L["outlier_size"] > 0:
+        n_out = L["outlier_size"] * -(-M // L["v0"])
+        if L["k0"] > n_out:
+            raise ValueError(f"config {config.name} does not fit a {M}x{N} weight: {L['k0']} outlier "
+                             f"centroids but only {n_out} outlier vectors")
 
 
 def _segments(tokenizer_or_segments: Any, calib_text: str | None, n_segments: int, seq_len: int,
@@ -359,6 +385,15 @@ def quantize_model(
     total = sum(len(b) for b in names_per_block)
     if total == 0:
         raise ValueError("config: no decoder Linear matches any pattern")
+    if method == "vptq":  # fail before any calibration work
+        for lin in names_per_block:
+            for name, mod in lin.items():
+                cfg = configs[name]
+                if cfg is not None:
+                    try:
+                        check_config_fits(cfg, mod.out_features, mod.in_features)
+                    except ValueError as e:
+                        raise ValueError(f"layer {name}: {e}") from e
 
     rdir = None
     fingerprint = ""
