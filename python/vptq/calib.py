@@ -135,11 +135,56 @@ def check_llama_family(model: Any) -> None:
                          f"{missing}")
 
 
+def cache_dir() -> Path:
+    """``$VPTQ_CACHE`` or ``~/.cache/vptq`` (created)."""
+    d = Path(os.environ.get("VPTQ_CACHE", Path.home() / ".cache" / "vptq"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _smollm2_cache_path(gguf: Path) -> Path:
+    import hashlib
+
+    import transformers
+
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}".encode())
+    return cache_dir() / f"smollm2-135m-instruct-q4_1-fp32-{key.hexdigest()[:12]}"
+
+
+def _write_cache(model: Any, tokenizer: Any, dest: Path) -> None:
+    """Save the dequantized GGUF model as a plain fp32 HF directory (temp dir + rename); best effort."""
+    import shutil
+    import uuid
+    import warnings
+
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    quantizer = getattr(model, "hf_quantizer", None)
+    qconf = getattr(model.config, "quantization_config", None)
+    try:
+        model.hf_quantizer = None  # GGUF weights are already dequantized: save them as plain floats
+        if qconf is not None:
+            del model.config.quantization_config
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        os.rename(tmp, dest)
+    except (OSError, ValueError, RuntimeError) as e:
+        warnings.warn(f"could not cache the dequantized model in {dest}: {e}", RuntimeWarning, stacklevel=3)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.hf_quantizer = quantizer
+        if qconf is not None:
+            model.config.quantization_config = qconf
+
+
 def load_hf_model(path: str | os.PathLike[str] | None = None, dtype: str = "float32",
-                  require_llama: bool = True) -> tuple[Any, Any]:
+                  require_llama: bool = True, cache: bool = True) -> tuple[Any, Any]:
     """(model, tokenizer) from a local HF directory, a .gguf file, or (None) SmolLM2-135M's GGUF.
 
     GGUF weights are dequantized by transformers; the dequantized fp32 model is the reference.
+    Converting the GGUF (tokenizer and weights) takes tens of seconds, so for ``path=None`` and
+    ``cache`` the converted model is kept as a plain fp32 HF directory in :func:`cache_dir`
+    (keyed by the GGUF file and the transformers version; ≈0.5 GB) and loaded from there next time.
     A missing path, a directory without a parsable config.json or without weights, a config of
     a model that is not a causal LM, and (``require_llama``) a model that is not a LLaMA-family
     decoder raise ValueError with a one-line message.
@@ -148,7 +193,15 @@ def load_hf_model(path: str | os.PathLike[str] | None = None, dtype: str = "floa
     import transformers
 
     if path is None:
-        path = smollm2_path() / SMOLLM2_GGUF
+        gguf = smollm2_path() / SMOLLM2_GGUF
+        if cache and dtype == "float32":
+            cached = _smollm2_cache_path(gguf)
+            if (cached / "config.json").is_file() and (cached / "model.safetensors").is_file():
+                return load_hf_model(cached, dtype, require_llama, cache=False)
+            model, tokenizer = load_hf_model(gguf, dtype, require_llama, cache=False)
+            _write_cache(model, tokenizer, cached)
+            return model, tokenizer
+        path = gguf
     p = Path(path)
     if not p.exists():
         raise ValueError(f"model not found: {p} (expected a directory with config.json, a .gguf file or "

@@ -45,9 +45,10 @@ class Row:
 
 
 def cache_dir() -> Path:
-    d = Path(os.environ.get("VPTQ_CACHE", Path.home() / ".cache" / "vptq"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    """``$VPTQ_CACHE`` or ``~/.cache/vptq`` (created)."""
+    from .calib import cache_dir as _cache_dir
+
+    return _cache_dir()
 
 
 def synthetic_layers(n: int = 2, M: int = 512, N: int = 512, seed: int = 0) -> list[Layer]:
