@@ -205,6 +205,13 @@ GemvSection make_section(int v, idx_t M, idx_t col_begin, idx_t cols, idx_t k, i
   widen_codebook(cb, k, v, s.vp, s.storage, &s.cb32, &s.cb16);
   if (kr > 0) widen_codebook(rcb, kr, v, s.vp, s.storage, &s.rcb32, &s.rcb16);
   s.premul = std::max(k, kr) * s.vp <= 65536;
+  // Buffered batches (kernels/gemv_tile_inl.h) where lookups are expensive: fp16/bf16
+  // codebooks with a residual (two conversions and an add per entry), from 4 rows when
+  // the codebooks are far beyond L2 (k = 65536: v16-k65536-65536 at batch 4 measured
+  // 8.8 vs 14 ms, Zen 3, one thread), else from 8 rows (v12-k4096-4096 at 16: 15 vs 18
+  // ms; at 4 the direct kernel's 2 passes were faster). Cheap lookups (fp32 codebooks,
+  // no residual) keep the direct kernel: it is FMA-bound from batch 4 on.
+  if (s.storage != CodebookStorage::F32 && kr > 0) s.buf_min_batch = std::max(k, kr) > 4096 ? 4 : 8;
   const int mult = s.premul ? s.vp : 1;
   tile_indices(idx, s.num_blocks, cols, s.rb, s.num_tiles, mult, &s.idx);
   if (kr > 0) tile_indices(ridx, s.num_blocks, cols, s.rb, s.num_tiles, mult, &s.ridx);
@@ -219,6 +226,7 @@ TileArgs tile_args(const GemvSection& s, idx_t tile) {
   a.cols = s.cols;
   a.storage = s.storage;
   a.premul = s.premul;
+  a.buf_min_batch = s.buf_min_batch;
   a.cb = s.cb();
   a.rcb = s.rcb();
   a.idx = s.idx.data() + tile * s.cols * s.rb;

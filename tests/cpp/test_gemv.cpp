@@ -321,6 +321,32 @@ TEST(Gemv, batch_rows_are_independent) {
   }
 }
 
+TEST(Gemv, buffered_batches_equal_batch_one_rows_bit_for_bit) {
+  // fp16-exact codebooks with a residual get the L1-buffered form for batches (from 8
+  // rows for k <= 4096, from 4 for larger codebooks); it keeps the direct kernel's
+  // per-output order, so every row equals a batch-1 call exactly. Odd M (v = 12 does
+  // not divide it), outliers (k0 = 2048: too large for the histogram form, which
+  // regroups sums), two groups; k = 8192 > 4096 exercises the 4-row switch.
+  struct Case { int v; idx_t k1, k2, batch; };
+  for (const Case& c : {Case{12, 4096, 4096, 9}, Case{8, 8192, 256, 5}}) {
+    RandomWeights W(61, 80, c.v, c.k1, c.k2, 5.0, 4, 2048, 2, 31, Round::F16);
+    vptq::GemvPlan plan(W.view(), W.lbias.data());
+    ASSERT_EQ(plan.codebook_storage(), "f16");
+    const auto x = random_x(c.batch, 80, 32);
+    for (vptq::SimdLevel level : simd_levels()) {
+      if (!vptq::simd_level_supported(level)) continue;
+      std::vector<float> y(static_cast<std::size_t>(c.batch * 61)), y1(61);
+      plan.forward(x.data(), c.batch, y.data(), level);
+      for (idx_t b = 0; b < c.batch; ++b) {
+        plan.forward(x.data() + b * 80, 1, y1.data(), level);
+        for (idx_t i = 0; i < 61; ++i)
+          ASSERT_EQ(y[static_cast<std::size_t>(b * 61 + i)], y1[static_cast<std::size_t>(i)])
+              << vptq::simd_level_name(level) << " v" << c.v << " batch row " << b << " output " << i;
+      }
+    }
+  }
+}
+
 TEST(Gemv, histogram_form_matches_direct_kernel) {
   ThreadGuard guard;
   for (const Config& c : {Config{8, 256, 256, true, 1}, Config{5, 1024, 0, false, 2}, Config{8, 16, 16, false, 1}}) {

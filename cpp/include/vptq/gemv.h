@@ -22,6 +22,9 @@
 //  * direct: per column, broadcast xs and FMA each looked-up entry into a register
 //    tile of row-block accumulators (batch 1: 8 blocks; batches: 2-4 blocks x 2-3
 //    rows), indices read four at a time with one 64-bit load;
+//  * buffered (batches, fp16/bf16 codebooks with a residual: from 4 rows when k > 4096,
+//    else from 8): the weight vectors of 32 columns are looked up once into an L1
+//    buffer that every batch row then reads; same per-output order as direct;
 //  * histogram (batches >= 8, v <= 8, k <= 1024): per row block, sum activations
 //    per codebook entry, then one small product with the codebook;
 //  * BLAS (large batches): transposed dense tiles + cblas_sgemm.

@@ -45,6 +45,7 @@ struct GemvSection {
   CodebookStorage storage = CodebookStorage::F32;
   /// Indices are stored pre-multiplied by vp (entry offsets) when max(k, kr) * vp <= 65536.
   bool premul = false;
+  idx_t buf_min_batch = 0;  ///< see TileArgs::buf_min_batch
   aligned_vector<float> cb32, rcb32;          ///< [k, vp], [kr, vp] when storage == F32
   aligned_vector<std::uint16_t> cb16, rcb16;  ///< [k, vp], [kr, vp] (fp16 or bf16 bits) otherwise
   std::vector<std::uint16_t> idx;   ///< [num_tiles, cols, rb] (padding blocks hold 0), times vp if premul
@@ -64,6 +65,9 @@ struct TileArgs {
   idx_t cols = 0;
   CodebookStorage storage = CodebookStorage::F32;
   bool premul = false;                  ///< idx/ridx hold entry offsets (index * vp)
+  /// Batches of at least this many rows go through the L1 weight buffer (0 = never):
+  /// worth it only where a lookup costs much more than the FMAs it feeds.
+  idx_t buf_min_batch = 0;
   const void* cb = nullptr;             ///< [k, vp] main codebook (type per storage)
   const void* rcb = nullptr;            ///< [kr, vp] residual codebook or nullptr
   const std::uint16_t* idx = nullptr;   ///< [cols, rb] this tile's main indices

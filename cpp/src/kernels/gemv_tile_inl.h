@@ -114,6 +114,111 @@ inline void tile_rows(const TileArgs& a, const float* xs, idx_t ldx, float* acc,
   for (int r0 = 0; r0 < a.rb; r0 += RBS) tile_block<NV, S, RES, PRE, RBS, BT>(a, r0, xs, ldx, acc, ld, masks);
 }
 
+/// Batches: the lookups are the expensive part (index extraction, a codebook load
+/// that may miss L1, fp16 conversion, the residual add), so the looked-up weight
+/// vectors of kBufCols columns x rb blocks are written once into an L1-resident
+/// buffer and every batch row reads them from there. The per-output summation order
+/// is exactly that of the direct kernel (sequential in c), so results are identical.
+constexpr int kBufCols = 32;
+
+/// buf [nc][rb][VP] <- weight vectors (main + residual) of columns [c0, c0 + nc).
+template <int NV, CodebookStorage S, bool RES, bool PRE>
+inline void fill_buf(const TileArgs& a, idx_t c0, idx_t nc, float* buf) {
+  constexpr int VP = 8 * NV;
+  const int rb = a.rb;
+  const std::uint16_t* ip = a.idx + c0 * rb;
+  const std::uint16_t* rp = RES ? a.ridx + c0 * rb : nullptr;
+  for (idx_t i = 0; i < nc * rb; ++i) {
+    const std::uint32_t off = PRE ? ip[i] : static_cast<std::uint32_t>(ip[i]) * VP;
+    std::uint32_t roff = 0;
+    if constexpr (RES) roff = PRE ? rp[i] : static_cast<std::uint32_t>(rp[i]) * VP;
+#pragma GCC unroll 2
+    for (int h = 0; h < NV; ++h) {
+      __m256 C = load_entry8<S>(a.cb, off + 8 * h);
+      if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(a.rcb, roff + 8 * h));
+      _mm256_store_ps(buf + i * VP + 8 * h, C);
+    }
+  }
+}
+
+/// Register tile over a filled buffer: RBS blocks from r0, BT batch rows, nc columns.
+/// accp: padded accumulators [BT][ldp], block r at accp[b*ldp + r*VP] (plain aligned
+/// loads/stores: masked ones are microcoded and slow on AMD cores).
+template <int NV, int RBS, int BT>
+inline void buf_block(const float* buf, int rb, idx_t nc, int r0, const float* xt, idx_t ldc, float* accp,
+                      idx_t ldp) {
+  constexpr int VP = 8 * NV;
+  __m256 A[BT][RBS][NV];
+#pragma GCC unroll 4
+  for (int b = 0; b < BT; ++b)
+#pragma GCC unroll 16
+    for (int r = 0; r < RBS; ++r)
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) A[b][r][h] = _mm256_load_ps(accp + b * ldp + (r0 + r) * VP + 8 * h);
+  for (idx_t c = 0; c < nc; ++c) {
+    __m256 X[BT];
+#pragma GCC unroll 4
+    for (int b = 0; b < BT; ++b) X[b] = _mm256_broadcast_ss(xt + c * ldc + b);
+    const float* e = buf + (c * rb + r0) * VP;
+#pragma GCC unroll 16
+    for (int r = 0; r < RBS; ++r)
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) {
+        const __m256 C = _mm256_load_ps(e + r * VP + 8 * h);
+#pragma GCC unroll 4
+        for (int b = 0; b < BT; ++b) A[b][r][h] = _mm256_fmadd_ps(X[b], C, A[b][r][h]);
+      }
+  }
+#pragma GCC unroll 4
+  for (int b = 0; b < BT; ++b)
+#pragma GCC unroll 16
+    for (int r = 0; r < RBS; ++r)
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) _mm256_store_ps(accp + b * ldp + (r0 + r) * VP + 8 * h, A[b][r][h]);
+}
+
+template <int NV, int RBS, int BT>
+inline void buf_rows(const float* buf, int rb, idx_t nc, const float* xt, idx_t ldc, float* accp, idx_t ldp) {
+  for (int r0 = 0; r0 < rb; r0 += RBS) buf_block<NV, RBS, BT>(buf, rb, nc, r0, xt, ldc, accp, ldp);
+}
+
+/// Buffered form for batches (see fill_buf); same summation order as the direct kernel.
+template <int NV, CodebookStorage S, bool RES, bool PRE, int RBSB>
+void buffered_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
+  constexpr int VP = 8 * NV;
+  constexpr idx_t ldp = 64;  // rb * VP floats per batch row
+  static_assert(8 * 8 == 4 * 16, "rb * vp is 64 floats for both entry widths");
+  const int rb = a.rb, v = a.v;
+  alignas(64) float buf[kBufCols * 64];  // [kBufCols][rb][VP]
+  aligned_vector<float> accp(static_cast<std::size_t>(batch * ldp), 0.0f);
+  // The chunk's activations transposed to [kBufCols][batch]: batch rows of xs are N
+  // floats apart, which for N a multiple of 1024 maps them all to one L1 set.
+  aligned_vector<float> xt(static_cast<std::size_t>(kBufCols * batch));
+  for (idx_t b = 0; b < batch; ++b)
+    for (int r = 0; r < rb; ++r)
+      for (int l = 0; l < v; ++l) accp[static_cast<std::size_t>(b * ldp + r * VP + l)] = acc[b * ld + r * v + l];
+  for (idx_t c0 = 0; c0 < a.cols; c0 += kBufCols) {
+    const idx_t nc = a.cols - c0 < kBufCols ? a.cols - c0 : kBufCols;
+    fill_buf<NV, S, RES, PRE>(a, c0, nc, buf);
+    for (idx_t b = 0; b < batch; ++b)
+      for (idx_t c = 0; c < nc; ++c) xt[static_cast<std::size_t>(c * batch + b)] = xs[b * ldx + c0 + c];
+    for (idx_t b = 0; b < batch;) {
+      const idx_t left = batch - b;
+      float* ap = accp.data() + b * ldp;
+      if (left == 2 || left == 4) {
+        buf_rows<NV, RBSB, 2>(buf, rb, nc, xt.data() + b, batch, ap, ldp);
+        b += 2;
+      } else {
+        buf_rows<NV, RBSB, 3>(buf, rb, nc, xt.data() + b, batch, ap, ldp);
+        b += 3;
+      }
+    }
+  }
+  for (idx_t b = 0; b < batch; ++b)
+    for (int r = 0; r < rb; ++r)
+      for (int l = 0; l < v; ++l) acc[b * ld + r * v + l] = accp[static_cast<std::size_t>(b * ldp + r * VP + l)];
+}
+
 template <int NV, CodebookStorage S, bool RES, bool PRE>
 void tile_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
   constexpr int RBS1 = NV == 1 ? VPTQ_GEMV_RBS1_NV1 : VPTQ_GEMV_RBS1_NV2;
@@ -127,6 +232,10 @@ void tile_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float
   static_assert(BT == 3, "batch decomposition below assumes register tiles of 3 (and 2) rows");
   if (batch == 1) {
     tile_rows<NV, S, RES, PRE, RBS1, 1>(a, xs, ldx, acc, ld, masks);
+    return;
+  }
+  if (a.buf_min_batch > 0 && batch >= a.buf_min_batch) {
+    buffered_impl<NV, S, RES, PRE, RBSB>(a, xs, ldx, batch, acc, ld);
     return;
   }
   // batch >= 2: tiles of 3 rows, and 2 rows where 3 would leave a single row
