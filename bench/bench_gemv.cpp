@@ -1,7 +1,8 @@
 // C++ micro-benchmark of GemvPlan::forward on random VQ weights.
 // usage: bench_gemv_cpp M N v k1 k2 [batch=1] [level=auto] [reps=50] [outlier_pct=0 v0=4 k0=4096] [layers=1]
 // With one thread, the calling thread's CPU time (CLOCK_THREAD_CPUTIME_ID) is robust to
-// preemption on a shared machine. Environment: VPTQ_BENCH_COMPACT=0 keeps every codebook in fp32.
+// preemption on a shared machine. Environment: VPTQ_BENCH_COMPACT=0 keeps every codebook in fp32;
+// VPTQ_BENCH_BLAS_MIN_BATCH=n sets GemvOptions::blas_min_batch (0 = lookup kernels only).
 // Prints the best-of-reps time per forward in ms. With layers > 1 it cycles through that
 // many distinct plans (to defeat the caches) and reports effective GB/s of kernel bytes.
 #include <algorithm>
@@ -66,6 +67,7 @@ int main(int argc, char** argv) {
     w.outlier_indices = L.k0 > 0 ? oidx.data() : nullptr;
     vptq::GemvOptions opt;
     if (const char* e = std::getenv("VPTQ_BENCH_COMPACT")) opt.allow_compact_codebooks = std::atoi(e) != 0;
+    if (const char* e = std::getenv("VPTQ_BENCH_BLAS_MIN_BATCH")) opt.blas_min_batch = std::atoll(e);
     plans.emplace_back(w, nullptr, opt);
   }
   std::vector<float> x(batch * N), y(batch * M);

@@ -55,7 +55,7 @@ VPTQ_REGISTER_BINDINGS(gemv) {
            "None). Validates everything (ValueError on bad shapes, out-of-range indices, non-permutation perm, "
            "non-finite values). compact_codebooks: allow exact fp16/bf16 storage of large codebooks. "
            "blas_min_batch: batches with at least this many rows use dequantized tiles + BLAS (0 = never, -1 = "
-           "automatic: 32 or 64 depending on the codebooks).")
+           "automatic: 48 or 64 depending on the codebooks).")
       .def(
           "forward",
           [](const GemvPlan& p, const CArray<float>& x, const std::optional<std::string>& level) {

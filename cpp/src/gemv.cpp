@@ -363,7 +363,7 @@ GemvPlan::GemvPlan(const VQWeightsView& w, const float* layer_bias, const GemvOp
   if (opt_.blas_min_batch < 0) {
     bool costly = false;  // residual lookups that the histogram form cannot take
     for (const auto& s : sections_) costly = costly || (s.kr > 0 && !detail::hist_eligible(s));
-    opt_.blas_min_batch = costly ? 32 : 64;
+    opt_.blas_min_batch = costly ? 48 : 64;
   }
   idx_t tr = 1;
   for (const auto& s : sections_) tr = detail::lcm(tr, s.tile_rows());

@@ -96,7 +96,7 @@ class GemvPlan:
     """
     def __init__(self, layout: dict, centroids: numpy.typing.NDArray[numpy.float32], res_centroids: numpy.typing.NDArray[numpy.float32] | None, outlier_centroids: numpy.typing.NDArray[numpy.float32] | None, indices: numpy.typing.NDArray[numpy.uint16], res_indices: numpy.typing.NDArray[numpy.uint16] | None = None, outlier_indices: numpy.typing.NDArray[numpy.uint16] | None = None, perm: numpy.typing.NDArray[numpy.int64] | None = None, scale: numpy.typing.NDArray[numpy.float32] | None = None, bias: numpy.typing.NDArray[numpy.float32] | None = None, layer_bias: numpy.typing.NDArray[numpy.float32] | None = None, compact_codebooks: bool = True, blas_min_batch: typing.SupportsInt | typing.SupportsIndex = -1) -> None:
         """
-        Builds the kernel layout from unpacked VQ weights (same arrays as dequantize; layer_bias f32[M] or None). Validates everything (ValueError on bad shapes, out-of-range indices, non-permutation perm, non-finite values). compact_codebooks: allow exact fp16/bf16 storage of large codebooks. blas_min_batch: batches with at least this many rows use dequantized tiles + BLAS (0 = never, -1 = automatic: 32 or 64 depending on the codebooks).
+        Builds the kernel layout from unpacked VQ weights (same arrays as dequantize; layer_bias f32[M] or None). Validates everything (ValueError on bad shapes, out-of-range indices, non-permutation perm, non-finite values). compact_codebooks: allow exact fp16/bf16 storage of large codebooks. blas_min_batch: batches with at least this many rows use dequantized tiles + BLAS (0 = never, -1 = automatic: 48 or 64 depending on the codebooks).
         """
     def dequantize(self) -> numpy.typing.NDArray[numpy.float32]:
         """

@@ -72,10 +72,10 @@ struct GemvOptions {
   /// Batches of at least this many rows dequantize row tiles into a per-thread
   /// buffer and multiply with BLAS (cblas_sgemm) instead of the lookup kernels.
   /// 0 = never; -1 = automatic, from measurements on a Zen 3 core (4096x4096, one
-  /// thread): 32 when a group section has a residual codebook and cannot use the
-  /// histogram form (e.g. v12-k4096-4096: lookup 49 ms vs BLAS 31 ms at batch 32,
-  /// even at 16), else 64 (v8-k256-256 histogram 28 ms vs BLAS 52 ms at 48, even at
-  /// 64; v6-k4096-0 lookup 28 ms vs BLAS 38 ms at 48).
+  /// thread, thread CPU time): 48 when a group section has a residual codebook and
+  /// cannot use the histogram form (v12-k4096-4096, buffered lookups: 29 ms vs BLAS 36
+  /// ms at batch 32, 59 vs 49 ms at 64), else 64 (v8-k65536-0: 27 vs 28 ms at 32, 51
+  /// vs 44 ms at 64; v8-k256-256 histogram 28 ms vs BLAS 52 ms at 48).
   idx_t blas_min_batch = -1;
   /// Batches of at least this many rows use the histogram form on sections with
   /// v <= 8 and fp32 codebooks of <= 1024 entries (SIMD levels only): per row block,
