@@ -81,6 +81,7 @@ def _set_threads(n: int | None) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
+    _set_threads(args.threads)
     if args.synthetic or args.layers:
         demo.run_demo(synthetic=args.synthetic)
         return 0

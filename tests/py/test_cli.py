@@ -4,6 +4,7 @@ and one-line user errors (exit status 2, no traceback) for every kind of bad inp
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +363,43 @@ def test_demo_passes_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert got["text_path"] == "t.txt"
     assert main(["demo"]) == 0
     assert got["settings"] == demo.ModelDemoSettings()
+
+
+def test_demo_threads_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo, "run_demo", lambda synthetic=False: None)
+    try:
+        assert main(["demo", "--synthetic", "--threads", "2"]) == 0
+        assert vptq.get_num_threads() == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        vptq.set_num_threads(1)
+        torch.set_num_threads(1)
+
+
+def test_model_demo_runs_end_to_end_on_a_tiny_model(hf_dir: Path, text_file: Path, tmp_path: Path) -> None:
+    """The whole-model demo's code path (quantize 3 ways, save, reload, evaluate, print) on a tiny LLaMA."""
+    lines: list[str] = []
+    settings = demo.ModelDemoSettings(config="v4-k16-0", segments=2, seq_len=16, kmeans_iters=2, eval_seq_len=32,
+                                      eval_windows=2, new_tokens=3, group_size=16, prompt="The quick brown")
+    out = tmp_path / "demo"
+    r = demo.run_model_demo(settings, text_path=text_file, out_dir=out, model_path=hf_dir, progress=False,
+                            print_fn=lines.append)
+    assert [row.method for row in r.rows] == ["reference (fp16 size)", "VPTQ v4-k16-0", "GPTQ 2b g16", "RTN 2b g16"]
+    assert all(math.isfinite(row.ppl) and row.ppl > 1 for row in r.rows)
+    assert r.rows[0].bits_per_weight == 16
+    assert all(1.9 < row.bits_per_weight < 6 for row in r.rows[1:])  # tiny layers pay for codebooks, scales
+    assert (out / "config.json").is_file()
+    # the table reports the reloaded checkpoint: same perplexity as evaluating it directly
+    qmodel, qtok = vptq.load_model(out)
+    ids = vptq.evaluate.tokenize(qtok, calib.split_text(TEXT)[1])
+    assert vptq.perplexity(qmodel, qtok, ids, seq_len=32, max_windows=2).ppl == pytest.approx(r.rows[1].ppl)
+    assert r.vptq_speed["new_tokens"] == 3
+    assert r.peak_rss_mib > 0
+    text = "\n".join(lines)
+    for needle in ("Perplexity on held-out text", "VPTQ checkpoint", "prefill", "decode", "Quantization time",
+                   "peak RSS", "VPTQ model says"):
+        assert needle in text
+    # a second run replaces the previous demo checkpoint
+    demo.run_model_demo(settings, text_path=text_file, out_dir=out, model_path=hf_dir, progress=False,
+                        print_fn=lines.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "text.txt"]
