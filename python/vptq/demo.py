@@ -216,6 +216,25 @@ def model_unavailable_reason() -> str | None:
     return None
 
 
+def _check_demo_out(out: Path) -> None:
+    """Refuse (before any work) to replace anything but an empty directory or a previous demo checkpoint."""
+    import json
+
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_dir() and not out.is_symlink():
+        if not any(out.iterdir()):
+            return
+        try:
+            report = json.loads((out / "vptq_report.json").read_text(encoding="utf-8"))
+            if isinstance(report, dict) and "demo" in (report.get("metadata") or {}):
+                return
+        except (OSError, UnicodeDecodeError, ValueError):
+            pass
+    raise ValueError(f"{out} exists and is not a previous demo checkpoint; refusing to replace it "
+                     "(choose another --out)")
+
+
 def _dir_mib(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
@@ -260,6 +279,7 @@ def run_model_demo(
             raise ValueError(f"{name}: expected an int >= 1, got {getattr(s, name)}")
     cfg = QuantConfig.preset(s.config, kmeans_iters=s.kmeans_iters, seed=s.seed)
     out = Path(out_dir)
+    _check_demo_out(out)
     t_start = time.perf_counter()
     text = calib.read_text(text_path)
     calib_text, heldout = calib.split_text(text)

@@ -403,3 +403,16 @@ def test_model_demo_runs_end_to_end_on_a_tiny_model(hf_dir: Path, text_file: Pat
     demo.run_model_demo(settings, text_path=text_file, out_dir=out, model_path=hf_dir, progress=False,
                         print_fn=lines.append)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "text.txt"]
+
+
+def test_demo_refuses_to_replace_other_directories(hf_dir: Path, text_file: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(demo, "model_unavailable_reason", lambda: None)  # the check comes before any loading
+    other = tmp_path / "model"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a previous demo checkpoint"):
+        demo.run_model_demo(demo.QUICK, text_path=text_file, out_dir=other, model_path=hf_dir, print_fn=print)
+    assert (other / "config.json").read_text() == "{}"
+    assert_user_error(["demo", "--out", str(other), "--text", str(text_file)], capsys, "previous demo")
