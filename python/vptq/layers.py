@@ -130,15 +130,17 @@ class QuantizedLinear:
             u16(outlier_indices, "outlier_indices"), p, f32(scale, "scale"), f32(norm_bias, "norm_bias"),
             self._bias,
         )
+        self._N = int(self._plan.in_features)
+        self._M = int(self._plan.out_features)
 
     # ------------------------------------------------------------------ info
     @property
     def in_features(self) -> int:
-        return int(self._plan.in_features)
+        return self._N
 
     @property
     def out_features(self) -> int:
-        return int(self._plan.out_features)
+        return self._M
 
     @property
     def bias(self) -> np.ndarray | None:
@@ -173,11 +175,16 @@ class QuantizedLinear:
     def _as_batch(self, x: Any) -> tuple[np.ndarray, tuple[int, ...]]:
         """x (..., in_features) -> (float32 C-contiguous [B, in_features] (a view when x already is
         contiguous float32), leading shape)."""
+        N = self._N
+        # Fast path (decode loops call this per layer per token): C-contiguous float32 with
+        # at least one row needs no conversion and no further checks.
+        if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous and x.ndim >= 1 \
+                and x.shape[-1] == N and x.size > 0:
+            return x.reshape(-1, N), x.shape[:-1]
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
         if x.dtype.kind != "f":
             raise TypeError(f"x: expected a floating dtype (float16/32/64), got {x.dtype}")
-        N = self.in_features
         if x.ndim == 0 or x.shape[-1] != N:
             raise ValueError(f"x: expected shape (..., {N}), got {x.shape}")
         lead = tuple(int(d) for d in x.shape[:-1])
@@ -192,7 +199,7 @@ class QuantizedLinear:
         simd_level forces a kernel ('scalar', 'avx2', 'avx512'); default: ``vptq.simd_level()``."""
         x2, lead = self._as_batch(x)
         y = self._plan.forward(x2, simd_level)
-        return y.reshape(*lead, self.out_features)
+        return y.reshape(*lead, self._M)
 
     def dequantize(self) -> np.ndarray:
         """Dense Ŵ float32 [out_features, in_features] (without the layer bias)."""

@@ -282,6 +282,27 @@ def test_torch_quantized_linear() -> None:
     assert "in_features=32" in repr(m)
 
 
+def test_torch_quantized_linear_fast_path_edges() -> None:
+    """The float32 fast path and the general path give the same results; inputs the fast path
+    must not take (non-contiguous, requiring grad, 1-D, empty) behave as documented."""
+    torch = pytest.importorskip("torch")
+    import vptq.torch as vt
+
+    inner = QuantizedLinear.from_arrays(**random_vq(50, 32, 8, 256, 16, seed=12))
+    m = vt.QuantizedLinear(inner)
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(2))
+    xt = x.t()  # (6, 32), not contiguous
+    assert not xt.is_contiguous()
+    np.testing.assert_array_equal(m(xt).numpy(), inner(np.ascontiguousarray(xt.numpy())))
+    xg = xt.contiguous().requires_grad_(True)
+    np.testing.assert_array_equal(m(xg).detach().numpy(), m(xt.contiguous()).numpy())
+    v1 = m(xt[0].contiguous())
+    assert v1.shape == (50,)
+    np.testing.assert_array_equal(v1.numpy(), m(xt[:1].contiguous())[0].numpy())
+    with pytest.raises(ValueError, match="batch 0"):
+        m(torch.zeros(0, 32))
+
+
 def test_torch_from_linear_matches_dense() -> None:
     torch = pytest.importorskip("torch")
     import vptq.torch as vt
