@@ -44,13 +44,16 @@ def _execute(path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         KernelSpecManager().get_kernel_spec("python3")
     except NoSuchKernel:
         pytest.skip("no 'python3' Jupyter kernel installed (python -m ipykernel install --user)")
-    # The kernel is a separate process that inherits this environment: make it import this
-    # checkout's vptq (and the extension VPTQ_EXT_DIR points to, if set), plot inline (PNGs
-    # rendered with Agg, no display needed) and use the quick settings.
+    import vptq
+
+    # The kernel is a separate process (working directory: the notebook's folder) that inherits
+    # this environment: make it import the vptq this test imported (and the extension that
+    # VPTQ_EXT_DIR points to, if set, as an absolute path), plot inline (PNGs rendered with Agg,
+    # no display needed) and use the quick settings.
     monkeypatch.setenv("VPTQ_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(ROOT / "python"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    package_parent = str(Path(vptq.__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([package_parent, *filter(None, [os.environ.get("PYTHONPATH")])]))
     if os.environ.get("VPTQ_EXT_DIR"):
         monkeypatch.setenv("VPTQ_EXT_DIR", os.path.abspath(os.environ["VPTQ_EXT_DIR"]))
     nb = nbformat.read(path, as_version=4)
@@ -109,6 +112,9 @@ def test_executes_in_quick_mode(path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         return
     texts = _text(nb)
     assert any("quick settings" in t for t in texts)
+    import vptq
+
+    assert any(f"from {Path(vptq.__file__).resolve().parent}," in t for t in texts), "kernel imported another vptq"
     assert any("max |by hand - dequantize()| = 0.0" in t for t in texts), "hand-made Ŵ differs from dequantize()"
     table = _perplexity_table(texts)
     assert set(table) == {"reference (fp32)", "VPTQ v8-k256-256", "GPTQ 2-bit g128", "RTN 2-bit g128"}, table
