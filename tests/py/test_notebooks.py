@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT = 1200  # seconds per cell; quick mode needs far less on an idle 2-core machine
+CLEAN = "store notebooks without outputs (Jupyter: Edit > Clear Outputs of All Cells, then save)"
 
 
 def test_notebooks_exist() -> None:
@@ -28,9 +29,9 @@ def test_stored_without_outputs(path: Path) -> None:
     assert nb["nbformat"] == 4
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "code":
-            assert cell.get("execution_count") is None, f"{path.name} cell {i}: execution_count is set"
-            assert cell.get("outputs") == [], f"{path.name} cell {i}: has outputs"
-        assert "execution" not in cell.get("metadata", {}), f"{path.name} cell {i}: execution metadata"
+            assert cell.get("execution_count") is None, f"{path.name} cell {i}: execution_count is set; {CLEAN}"
+            assert cell.get("outputs") == [], f"{path.name} cell {i}: has outputs; {CLEAN}"
+        assert "execution" not in cell.get("metadata", {}), f"{path.name} cell {i}: execution metadata; {CLEAN}"
 
 
 def _execute(path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
