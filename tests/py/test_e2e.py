@@ -20,6 +20,7 @@ from vptq import calib
 from vptq.__main__ import main
 from vptq.evaluate import perplexity, tokenize
 from vptq.pipeline import quantize_model
+from vptq.torch import QuantizedLinear
 
 SEGMENTS, SEQ_LEN, KMEANS_ITERS = 4, 128, 8  # small calibration: the test must stay within minutes
 EVAL_SEQ_LEN, EVAL_WINDOWS = 256, 4
@@ -65,7 +66,7 @@ def test_quantized_perplexity_well_below_gptq(checkpoint: Path, heldout: str,
                                               reference_and_gptq: tuple[float, float]) -> None:
     model, tok = vptq.load_model(checkpoint)
     assert tok is not None
-    assert isinstance(model.model.layers[0].self_attn.q_proj, vptq.QuantizedLinear)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, QuantizedLinear)  # our CPU kernels
     q = perplexity(model, tok, tokenize(tok, heldout), seq_len=EVAL_SEQ_LEN, max_windows=EVAL_WINDOWS).ppl
     ref, gptq = reference_and_gptq
     print(f"held-out ppl: reference {ref:.2f}, VPTQ {q:.2f}, GPTQ-2b-g128 {gptq:.2f}")
