@@ -162,11 +162,11 @@ class ModelDemoSettings:
     """Settings of :func:`run_model_demo` (defaults: the shipped demo, ≈10 min on 2 cores)."""
 
     config: str = "v8-k256-256"  #: VPTQ preset
-    segments: int = 16  #: calibration segments
+    segments: int = 32  #: calibration segments
     seq_len: int = 256  #: tokens per calibration segment
-    kmeans_iters: int = 30  #: k-means iterations per codebook
+    kmeans_iters: int = 100  #: k-means iterations per codebook (the preset's default)
     eval_seq_len: int = 512  #: tokens per perplexity window
-    eval_windows: int = 8  #: held-out windows scored per model
+    eval_windows: int = 16  #: held-out windows scored per model
     new_tokens: int = 32  #: generated tokens (speed and sample sentence)
     bits: int = 2  #: GPTQ/RTN bits
     group_size: int = 128  #: GPTQ/RTN group size
