@@ -16,28 +16,14 @@ tokenizers = pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
 
 import vptq
+from tiny_hf import byte_tokenizer, one_thread  # noqa: F401 (one_thread is a fixture)
 from vptq import calib, demo, pipeline
 from vptq.__main__ import main
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 3 + "Pack my box with five dozen liquor jugs.\n") * 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    n, n_torch = vptq.get_num_threads(), torch.get_num_threads()
-    vptq.set_num_threads(1)
-    torch.set_num_threads(1)
-    yield
-    vptq.set_num_threads(n)
-    torch.set_num_threads(n_torch)
-
-
-def byte_tokenizer() -> Any:
-    alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=alphabet[2])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def save_tiny(d: Path, config: Any, seed: int = 0) -> Path:

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
 
-import vptq
+from tiny_hf import byte_tokenizer, one_thread  # noqa: F401 (one_thread is a fixture)
 from vptq import pipeline
 from vptq.__main__ import main
 from vptq.config import QuantConfig
@@ -26,22 +26,7 @@ LEAVES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 3 + "Pack my box with five dozen liquor jugs. ") * 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    n, n_torch = vptq.get_num_threads(), torch.get_num_threads()
-    vptq.set_num_threads(1)
-    torch.set_num_threads(1)
-    yield
-    vptq.set_num_threads(n)
-    torch.set_num_threads(n_torch)
-
-
-def byte_tokenizer() -> Any:
-    alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=alphabet[2])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_llama(seed: int = 0) -> Any:
