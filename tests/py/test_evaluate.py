@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-import vptq
+from tiny_hf import byte_tokenizer, one_thread  # noqa: F401 (one_thread is a fixture)
 from vptq.calib import default_text
 from vptq.config import QuantConfig
 from vptq.evaluate import DecodeSpeed, PerplexityResult, decode_speed, perplexity, tokenize
@@ -22,25 +22,13 @@ from vptq.quantize import quantize_weight
 TEXT = default_text()[:2000]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models: one thread avoids OpenMP barrier cost on a busy machine (results do not change)."""
-    n_torch, n_vptq = torch.get_num_threads(), vptq.get_num_threads()
-    torch.set_num_threads(1)
-    vptq.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_torch)
-    vptq.set_num_threads(n_vptq)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
     """A 256-token byte-level tokenizer (no download)."""
-    alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=alphabet[2])
+    return byte_tokenizer()
 
 
 @pytest.fixture(scope="module")
