@@ -40,6 +40,11 @@ void check_search_args(const float* x, idx_t n, const std::int32_t* idx) {
   VPTQ_CHECK(n == 0 || (x != nullptr && idx != nullptr), "search: x and idx must not be null");
 }
 
+/// dist[i] = exact ||x_i - c_{idx[i]}||² for the chosen centroids. x: [n, d]; c: [k, d].
+void exact_dists(const float* x, idx_t n, const std::int32_t* idx, const float* c, int d, float* dist) {
+  for (idx_t i = 0; i < n; ++i) dist[i] = exact_dist(x + i * d, c + idx_t{idx[i]} * d, d);
+}
+
 }  // namespace
 
 namespace kernels {
@@ -210,6 +215,22 @@ CodebookSearcher::CodebookSearcher(const float* c, idx_t k, int d) : k_(k), d_(d
   }
 }
 
+namespace {
+
+/// Kernel view of a padded SoA codebook layout. soa: [kpad/16, d, 16]; norms: [kpad].
+kernels::NearestCodebook kernel_view(const float* soa, const float* norms, idx_t k, idx_t kpad, int d) {
+  kernels::NearestCodebook cb;
+  cb.cb = soa;
+  cb.norms = norms;
+  cb.k = k;
+  cb.kpad = kpad;
+  cb.d = kernels::nearest_layout_dim(d);
+  cb.dq = d;
+  return cb;
+}
+
+}  // namespace
+
 void CodebookSearcher::search_hinted(const float* x, idx_t n, const std::int32_t* hint, std::int32_t* idx,
                                      float* dist) const {
   check_search_args(x, n, idx);
@@ -224,13 +245,7 @@ void CodebookSearcher::search_hinted(const float* x, idx_t n, const std::int32_t
     search(x, n, idx, dist);
     return;
   }
-  kernels::NearestCodebook cb;
-  cb.cb = soa_sorted_.data();
-  cb.norms = norms_sorted_.data();
-  cb.k = k_;
-  cb.kpad = kpad_;
-  cb.d = kernels::nearest_layout_dim(d_);
-  cb.dq = d_;
+  kernels::NearestCodebook cb = kernel_view(soa_sorted_.data(), norms_sorted_.data(), k_, kpad_, d_);
   cb.perm = perm_.data();
   kernels::NearestHintData h;
   h.c = c_.data();
@@ -251,21 +266,13 @@ void CodebookSearcher::search_hinted(const float* x, idx_t n, const std::int32_t
       kernels::nearest_scores_hinted_scalar(cb, h, x, n, hint, idx);
       break;
   }
-  if (dist) {
-    for (idx_t i = 0; i < n; ++i) dist[i] = exact_dist(x + i * d_, c_.data() + idx_t{idx[i]} * d_, d_);
-  }
+  if (dist) exact_dists(x, n, idx, c_.data(), d_, dist);
 }
 
 void CodebookSearcher::search(const float* x, idx_t n, std::int32_t* idx, float* dist) const {
   check_search_args(x, n, idx);
   if (n == 0) return;
-  kernels::NearestCodebook cb;
-  cb.cb = c_soa_.data();
-  cb.norms = norms_.data();
-  cb.k = k_;
-  cb.kpad = kpad_;
-  cb.d = kernels::nearest_layout_dim(d_);
-  cb.dq = d_;
+  const kernels::NearestCodebook cb = kernel_view(c_soa_.data(), norms_.data(), k_, kpad_, d_);
   switch (get_simd_level()) {
 #if defined(VPTQ_NEAREST_X86)
     case SimdLevel::AVX512:
@@ -279,9 +286,7 @@ void CodebookSearcher::search(const float* x, idx_t n, std::int32_t* idx, float*
       kernels::nearest_scores_scalar(cb, x, n, idx);
       break;
   }
-  if (dist) {
-    for (idx_t i = 0; i < n; ++i) dist[i] = exact_dist(x + i * d_, c_.data() + idx_t{idx[i]} * d_, d_);
-  }
+  if (dist) exact_dists(x, n, idx, c_.data(), d_, dist);
 }
 
 void CodebookSearcher::search_gemm(const float* x, idx_t n, std::int32_t* idx, float* dist) const {
@@ -322,9 +327,7 @@ void CodebookSearcher::search_gemm(const float* x, idx_t n, std::int32_t* idx, f
       }
     }
   }
-  if (dist) {
-    for (idx_t i = 0; i < n; ++i) dist[i] = exact_dist(x + i * d_, c_.data() + idx_t{idx[i]} * d_, d_);
-  }
+  if (dist) exact_dists(x, n, idx, c_.data(), d_, dist);
 }
 
 void nearest_centroid_ref(const float* x, idx_t n, int d, const float* c, idx_t k, std::int32_t* idx,

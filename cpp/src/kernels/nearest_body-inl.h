@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/nearest_kernels.h"
 
@@ -223,40 +224,31 @@ void search_hinted_fixed(const NearestCodebook& cb, const NearestHintData& h, co
   }
 }
 
-using SearchFn = void (*)(const NearestCodebook&, const float*, idx_t, std::int32_t*);
-using HintedFn = void (*)(const NearestCodebook&, const NearestHintData&, const float*, idx_t, const std::int32_t*,
-                          std::int32_t*);
+/// Calls f(std::integral_constant<int, D>{}) for the layout dimension D == d (one of
+/// kNearestDims); does nothing for any other d.
+template <class F>
+void with_layout_dim(int d, F&& f) {
+  switch (d) {
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 12: f(std::integral_constant<int, 12>{}); break;
+    case 16: f(std::integral_constant<int, 16>{}); break;
+    default: break;
+  }
+}
 
 /// Entry used by each ISA TU: dispatches on the layout dimension (one of kNearestDims).
 template <class V, int QN>
 void search(const NearestCodebook& cb, const float* x, idx_t n, std::int32_t* idx) {
-  SearchFn fn = nullptr;
-  switch (cb.d) {
-    case 2: fn = &search_fixed<V, 2, QN>; break;
-    case 4: fn = &search_fixed<V, 4, QN>; break;
-    case 6: fn = &search_fixed<V, 6, QN>; break;
-    case 8: fn = &search_fixed<V, 8, QN>; break;
-    case 12: fn = &search_fixed<V, 12, QN>; break;
-    case 16: fn = &search_fixed<V, 16, QN>; break;
-    default: break;
-  }
-  if (fn) fn(cb, x, n, idx);
+  with_layout_dim(cb.d, [&](auto D) { search_fixed<V, decltype(D)::value, QN>(cb, x, n, idx); });
 }
 
 template <class V, int QN>
 void search_hinted(const NearestCodebook& cb, const NearestHintData& h, const float* x, idx_t n,
                    const std::int32_t* hint, std::int32_t* idx) {
-  HintedFn fn = nullptr;
-  switch (cb.d) {
-    case 2: fn = &search_hinted_fixed<V, 2, QN>; break;
-    case 4: fn = &search_hinted_fixed<V, 4, QN>; break;
-    case 6: fn = &search_hinted_fixed<V, 6, QN>; break;
-    case 8: fn = &search_hinted_fixed<V, 8, QN>; break;
-    case 12: fn = &search_hinted_fixed<V, 12, QN>; break;
-    case 16: fn = &search_hinted_fixed<V, 16, QN>; break;
-    default: break;
-  }
-  if (fn) fn(cb, h, x, n, hint, idx);
+  with_layout_dim(cb.d, [&](auto D) { search_hinted_fixed<V, decltype(D)::value, QN>(cb, h, x, n, hint, idx); });
 }
 
 }  // namespace vptq::kernels::nearest_body
