@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-SPLITS = ("all", "calib", "heldout")
+from .calib import SPLITS
 
 
 class UsageError(Exception):
@@ -151,26 +151,18 @@ def _read_split(path: str | None, split: str) -> str:
 
 
 def _save_plain(model: Any, tokenizer: Any, out: Path) -> None:
-    """save_pretrained into a temp dir renamed to ``out``; a model loaded from GGUF (already
+    """save_pretrained, atomically (:func:`vptq.io.atomic_dir`); a model loaded from GGUF (already
     dequantized to float) is saved as a plain float model."""
-    import os
-    import shutil
-    import uuid
+    from .io import atomic_dir
 
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:

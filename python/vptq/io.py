@@ -14,13 +14,14 @@ theirs load here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -341,10 +342,7 @@ def save_quantized(
         report["metadata"] = dict(extra_metadata)
     report = _jsonable(report)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+    with atomic_dir(out) as tmp:
         _write_safetensors(tmp / WEIGHTS_FILE, tensors, {"format": "pt"})
         _write_json(tmp / CONFIG_FILE, cfg)
         # safetensors creates its file 0600; give it the umask-derived mode of the other files
@@ -361,6 +359,19 @@ def save_quantized(
                     shutil.copyfile(src / fname, tmp / fname)
         report["files"] = [*sorted(p.name for p in tmp.iterdir()), REPORT_FILE]
         _write_json(tmp / REPORT_FILE, report)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """A fresh directory beside ``out`` to fill; when the block ends normally its files are
+    fsynced and it replaces ``out`` (see :func:`_swap_into_place`); on any exception it is removed,
+    so a failed or interrupted write leaves no partial directory."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        yield tmp
         for p in tmp.rglob("*"):
             if p.is_file():
                 _fsync_file(p)
@@ -369,7 +380,6 @@ def save_quantized(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
