@@ -85,9 +85,52 @@ std::uint16_t float_to_half_exact_or(float f, bool* exact) {
 
 namespace {
 
+/// Visits a sorted tile's lookups: f(chunk q, group g, slot l, round r, entry index e).
+template <class F>
+void for_each_sorted(const TileArgs& a, F f) {
+  for (idx_t q = 0; q < a.num_chunks; ++q)
+    for (std::uint32_t g = a.gstart[q]; g < a.gstart[q + 1]; ++g)
+      for (int l = 0; l < a.G; ++l)
+        for (std::uint32_t r = a.gfirst[g]; r < a.gfirst[g + 1]; ++r)
+          f(q, g, l, r, static_cast<std::size_t>(r) * static_cast<std::size_t>(a.G) + static_cast<std::size_t>(l));
+}
+
+/// Scalar form of the sorted kernels: per list, a partial sum (sequential in c) added
+/// to the block's accumulator when the list ends (the order of the SIMD kernels).
+template <class Load>
+void sorted_scalar_body(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld,
+                        Load load) {
+  const int v = a.v;
+  const idx_t rmult = a.premul ? 1 : a.vp;
+  for (idx_t b = 0; b < batch; ++b) {
+    float part[16] = {};
+    for_each_sorted(a, [&](idx_t q, std::uint32_t g, int l, std::uint32_t r, std::size_t e) {
+      if (r == a.gfirst[g])
+        for (int i = 0; i < v; ++i) part[i] = 0.0f;
+      const std::uint32_t w = a.ent[e];
+      const float x = xs[b * ldx + (w & 0xffffu)];
+      const idx_t off = q * a.chunk_elems + (w >> 16);
+      if (a.rent != nullptr) {
+        const idx_t roff = static_cast<idx_t>(a.rent[e]) * rmult;
+        for (int i = 0; i < v; ++i) part[i] += x * (load(a.cb, off + i) + load(a.rcb, roff + i));
+      } else {
+        for (int i = 0; i < v; ++i) part[i] += x * load(a.cb, off + i);
+      }
+      if (r + 1 == a.gfirst[g + 1]) {
+        float* o = acc + b * ld + static_cast<idx_t>(a.gblk[static_cast<std::size_t>(g) * a.G + l]) * v;
+        for (int i = 0; i < v; ++i) o[i] += part[i];
+      }
+    });
+  }
+}
+
 template <class Load>
 void tile_scalar_body(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld,
                       Load load) {
+  if (a.sorted) {
+    sorted_scalar_body(a, xs, ldx, batch, acc, ld, load);
+    return;
+  }
   const int v = a.v, vp = a.vp, rb = a.rb;
   const idx_t mult = a.premul ? 1 : vp;
   for (idx_t b = 0; b < batch; ++b) {
@@ -187,7 +230,71 @@ void tile_indices(const std::uint16_t* src, idx_t num_blocks, idx_t cols, int rb
     }
 }
 
-GemvSection make_section(int v, idx_t M, idx_t col_begin, idx_t cols, idx_t k, idx_t kr, const float* cb,
+/// Builds s->sl from src [num_blocks, cols] indices (see SortedLayout). s: v, vp, rb,
+/// cols, num_blocks, num_tiles, k, kr, storage, premul already set; dummy: zero column.
+void build_sorted(GemvSection* s, const std::uint16_t* idx, const std::uint16_t* ridx, std::uint16_t dummy,
+                  const GemvOptions& opt) {
+  SortedLayout& L = s->sl;
+  const idx_t eb = s->storage == CodebookStorage::F32 ? 4 : 2;
+  idx_t E = 1;
+  while (2 * E * s->vp * eb <= static_cast<idx_t>(opt.sorted_chunk_bytes) && 2 * E * s->vp <= 65536) E *= 2;
+  L.G = s->vp == 8 ? 8 : 4;
+  L.chunk_entries = E;
+  L.num_chunks = (s->k + E - 1) / E;
+  L.dummy_col = dummy;
+  const idx_t G = L.G, TB = s->rb, Q = L.num_chunks, cols = s->cols;
+  const bool res = ridx != nullptr;
+  const idx_t rmult = s->premul ? s->vp : 1;
+  std::vector<idx_t> cnt(static_cast<std::size_t>(Q * TB)), pos(cnt.size() + 1);
+  std::vector<std::uint32_t> te(static_cast<std::size_t>(TB * cols));
+  std::vector<std::uint16_t> tr(res ? te.size() : 0);
+  std::vector<idx_t> order(static_cast<std::size_t>(TB));
+  L.gfirst.push_back(0);
+  for (idx_t t = 0; t < s->num_tiles; ++t) {
+    const idx_t b0 = t * TB, nb = std::min(TB, s->num_blocks - b0);
+    // bucket the tile's lookups by (chunk, block), columns ascending within a bucket
+    std::fill(cnt.begin(), cnt.end(), 0);
+    for (idx_t b = 0; b < nb; ++b)
+      for (idx_t c = 0; c < cols; ++c) ++cnt[static_cast<std::size_t>(idx[(b0 + b) * cols + c] / E * TB + b)];
+    pos[0] = 0;
+    for (std::size_t i = 0; i < cnt.size(); ++i) pos[i + 1] = pos[i] + cnt[i];
+    std::vector<idx_t> fill(pos.begin(), pos.end() - 1);
+    for (idx_t b = 0; b < nb; ++b)
+      for (idx_t c = 0; c < cols; ++c) {
+        const idx_t i = idx[(b0 + b) * cols + c];
+        const std::size_t at = static_cast<std::size_t>(fill[static_cast<std::size_t>(i / E * TB + b)]++);
+        te[at] = static_cast<std::uint32_t>(c) | static_cast<std::uint32_t>((i % E) * s->vp) << 16;
+        if (res) tr[at] = static_cast<std::uint16_t>(ridx[(b0 + b) * cols + c] * rmult);
+      }
+    for (idx_t q = 0; q < Q; ++q) {
+      L.gstart.push_back(static_cast<std::uint32_t>(L.gfirst.size() - 1));
+      const idx_t* len = cnt.data() + q * TB;
+      std::iota(order.begin(), order.end(), 0);
+      // longest first: lists of similar length share a group (little padding)
+      std::stable_sort(order.begin(), order.begin() + nb, [&](idx_t a, idx_t b) { return len[a] > len[b]; });
+      for (idx_t g0 = 0; g0 < nb && len[order[static_cast<std::size_t>(g0)]] > 0; g0 += G) {
+        const idx_t rounds = len[order[static_cast<std::size_t>(g0)]];
+        for (idx_t l = 0; l < G; ++l) {
+          // a slot without a list repeats the group's first block with dummy entries only
+          const idx_t b = g0 + l < nb ? order[static_cast<std::size_t>(g0 + l)] : order[static_cast<std::size_t>(g0)];
+          L.gblk.push_back(static_cast<std::uint16_t>(b));
+        }
+        for (idx_t r = 0; r < rounds; ++r)
+          for (idx_t l = 0; l < G; ++l) {
+            const idx_t b = g0 + l < nb ? order[static_cast<std::size_t>(g0 + l)] : -1;
+            const bool real = b >= 0 && r < len[b];
+            const std::size_t at = real ? static_cast<std::size_t>(pos[static_cast<std::size_t>(q * TB + b)] + r) : 0;
+            L.ent.push_back(real ? te[at] : dummy);
+            if (res) L.rent.push_back(real ? tr[at] : 0);
+          }
+        L.gfirst.push_back(static_cast<std::uint32_t>(L.gfirst.back() + rounds));
+      }
+    }
+  }
+  L.gstart.push_back(static_cast<std::uint32_t>(L.gfirst.size() - 1));
+}
+
+GemvSection make_section(int v, idx_t M, idx_t N, idx_t col_begin, idx_t cols, idx_t k, idx_t kr, const float* cb,
                          const float* rcb, const std::uint16_t* idx, const std::uint16_t* ridx,
                          const GemvOptions& opt) {
   GemvSection s;
@@ -212,6 +319,22 @@ GemvSection make_section(int v, idx_t M, idx_t col_begin, idx_t cols, idx_t k, i
   // ms; at 4 the direct kernel's 2 passes were faster). Cheap lookups (fp32 codebooks,
   // no residual) keep the direct kernel: it is FMA-bound from batch 4 on.
   if (s.storage != CodebookStorage::F32 && kr > 0) s.buf_min_batch = std::max(k, kr) > 4096 ? 4 : 8;
+  const std::size_t eb = s.storage == CodebookStorage::F32 ? sizeof(float) : sizeof(std::uint16_t);
+  const std::size_t main_bytes = static_cast<std::size_t>(k * s.vp) * eb;
+  const std::size_t res_bytes = static_cast<std::size_t>(kr * s.vp) * eb;
+  // Sorted layout (see GemvOptions::sorted_min_codebook_bytes); its entries store
+  // 16-bit columns (the zero slot at column N included) and 16-bit chunk offsets.
+  if (opt.sorted_min_codebook_bytes > 0 && main_bytes > opt.sorted_min_codebook_bytes &&
+      res_bytes <= opt.sorted_max_residual_bytes && N - col_begin <= 65535 && opt.sorted_tile_blocks > 0) {
+    s.sorted = true;
+    s.buf_min_batch = 0;
+    s.premul = kr * s.vp <= 65536;  // the residual's indices; main ones are chunk offsets
+    const idx_t quarter = (s.num_blocks + 3) / 4;
+    s.rb = static_cast<int>(std::min<idx_t>({opt.sorted_tile_blocks, std::max<idx_t>(64, quarter), 65535}));
+    s.num_tiles = (s.num_blocks + s.rb - 1) / s.rb;
+    build_sorted(&s, idx, ridx, static_cast<std::uint16_t>(N - col_begin), opt);
+    return s;
+  }
   const int mult = s.premul ? s.vp : 1;
   tile_indices(idx, s.num_blocks, cols, s.rb, s.num_tiles, mult, &s.idx);
   if (kr > 0) tile_indices(ridx, s.num_blocks, cols, s.rb, s.num_tiles, mult, &s.ridx);
@@ -229,16 +352,45 @@ TileArgs tile_args(const GemvSection& s, idx_t tile) {
   a.buf_min_batch = s.buf_min_batch;
   a.cb = s.cb();
   a.rcb = s.rcb();
-  a.idx = s.idx.data() + tile * s.cols * s.rb;
-  a.ridx = s.kr > 0 ? s.ridx.data() + tile * s.cols * s.rb : nullptr;
+  if (!s.sorted) {
+    a.idx = s.idx.data() + tile * s.cols * s.rb;
+    a.ridx = s.kr > 0 ? s.ridx.data() + tile * s.cols * s.rb : nullptr;
+  }
   a.k = s.k;
   a.kr = s.kr;
+  if (s.sorted) {
+    a.sorted = true;
+    a.G = s.sl.G;
+    a.num_chunks = s.sl.num_chunks;
+    a.chunk_elems = s.sl.chunk_entries * s.vp;
+    a.dummy_col = s.sl.dummy_col;
+    a.gstart = s.sl.gstart.data() + tile * s.sl.num_chunks;
+    a.gfirst = s.sl.gfirst.data();
+    a.gblk = s.sl.gblk.data();
+    a.ent = s.sl.ent.data();
+    a.rent = s.kr > 0 ? s.sl.rent.data() : nullptr;
+  }
   return a;
 }
 
 template <class Load>
 void dequant_t_body(const TileArgs& a, float* qt, idx_t ldq, Load load) {
   const idx_t mult = a.premul ? 1 : a.vp;
+  if (a.sorted) {
+    for_each_sorted(a, [&](idx_t q, std::uint32_t g, int l, std::uint32_t, std::size_t e) {
+      const std::uint32_t w = a.ent[e];
+      if ((w & 0xffffu) == a.dummy_col) return;
+      const idx_t off = q * a.chunk_elems + (w >> 16);
+      float* o = qt + static_cast<idx_t>(w & 0xffffu) * ldq + static_cast<idx_t>(a.gblk[static_cast<std::size_t>(g) * a.G + l]) * a.v;
+      if (a.rent != nullptr) {
+        const idx_t roff = static_cast<idx_t>(a.rent[e]) * mult;
+        for (int i = 0; i < a.v; ++i) o[i] = load(a.cb, off + i) + load(a.rcb, roff + i);
+      } else {
+        for (int i = 0; i < a.v; ++i) o[i] = load(a.cb, off + i);
+      }
+    });
+    return;
+  }
   for (idx_t c = 0; c < a.cols; ++c)
     for (int r = 0; r < a.rb; ++r) {
       const std::size_t pos = static_cast<std::size_t>(c * a.rb + r);
@@ -280,7 +432,7 @@ HistKernel pick_hist(SimdLevel level) {
 }
 
 bool hist_eligible(const GemvSection& s) {
-  return s.vp == 8 && s.storage == CodebookStorage::F32 && s.k <= kHistMaxK && s.kr <= kHistMaxK;
+  return !s.sorted && s.vp == 8 && s.storage == CodebookStorage::F32 && s.k <= kHistMaxK && s.kr <= kHistMaxK;
 }
 
 TileKernel pick_kernel(SimdLevel level) {
@@ -349,14 +501,14 @@ GemvPlan::GemvPlan(const VQWeightsView& w, const float* layer_bias, const GemvOp
   if (layer_bias != nullptr) lbias_.assign(layer_bias, layer_bias + M_);
 
   if (L.outlier_size > 0) {
-    sections_.push_back(detail::make_section(L.v0, M_, 0, L.outlier_size, L.k0, 0, w.outlier_centroids, nullptr,
+    sections_.push_back(detail::make_section(L.v0, M_, N_, 0, L.outlier_size, L.k0, 0, w.outlier_centroids, nullptr,
                                              w.outlier_indices, nullptr, opt));
   }
   const idx_t nb = L.num_indices();
   for (int g = 0; g < L.group_num; ++g) {
     const idx_t off = static_cast<idx_t>(g) * nb * L.group_size;
     sections_.push_back(detail::make_section(
-        L.v, M_, L.outlier_size + g * L.group_size, L.group_size, L.k1, L.k2, w.centroids + g * L.k1 * L.v,
+        L.v, M_, N_, L.outlier_size + g * L.group_size, L.group_size, L.k1, L.k2, w.centroids + g * L.k1 * L.v,
         L.k2 > 0 ? w.res_centroids + g * L.k2 * L.v : nullptr, w.indices + off,
         L.k2 > 0 ? w.res_indices + off : nullptr, opt));
   }
@@ -376,13 +528,15 @@ GemvPlan::GemvPlan(GemvPlan&&) noexcept = default;
 GemvPlan& GemvPlan::operator=(GemvPlan&&) noexcept = default;
 
 void GemvPlan::prescale(const float* x, idx_t batch, float* xs, float* xb) const {
+  const idx_t ldx = N_ + 1;
   for (idx_t b = 0; b < batch; ++b) {
     const float* xr = x + b * N_;
-    float* o = xs + b * N_;
+    float* o = xs + b * ldx;
     for (idx_t p = 0; p < N_; ++p) {
       const idx_t j = perm_[static_cast<std::size_t>(p)];
       o[p] = xr[j] * scale_[static_cast<std::size_t>(j)];
     }
+    o[N_] = 0.0f;  // the zero slot that padding entries of sorted sections read
     double s = 0.0;
     if (!nbias_.empty())
       for (idx_t j = 0; j < N_; ++j) s += static_cast<double>(xr[j]) * nbias_[static_cast<std::size_t>(j)];
@@ -402,7 +556,8 @@ void GemvPlan::forward(const float* x, idx_t batch, float* y, SimdLevel level) c
     return;
   }
   const detail::TileKernel kern = detail::pick_kernel(level);
-  std::vector<float> xs(static_cast<std::size_t>(batch * N_));  // [batch, N] permuted, scaled
+  const idx_t ldx = N_ + 1;
+  std::vector<float> xs(static_cast<std::size_t>(batch * ldx));  // [batch, N + 1] permuted, scaled, 0
   std::vector<float> xb(static_cast<std::size_t>(batch));       // [batch] Σ x·bias
   prescale(x, batch, xs.data(), xb.data());
   const idx_t ld = task_rows_ + 16;
@@ -425,7 +580,7 @@ void GemvPlan::forward(const float* x, idx_t batch, float* y, SimdLevel level) c
     auto& t = xst[static_cast<std::size_t>(q)];
     t.assign(static_cast<std::size_t>(N_ * w), 0.0f);
     for (idx_t b = 0; b < nb; ++b)
-      for (idx_t p = 0; p < N_; ++p) t[static_cast<std::size_t>(p * w + b)] = xs[static_cast<std::size_t>((b0 + b) * N_ + p)];
+      for (idx_t p = 0; p < N_; ++p) t[static_cast<std::size_t>(p * w + b)] = xs[static_cast<std::size_t>((b0 + b) * ldx + p)];
   }
 
   auto task = [&](idx_t t) {
@@ -448,7 +603,7 @@ void GemvPlan::forward(const float* x, idx_t batch, float* y, SimdLevel level) c
                  std::min<idx_t>(detail::kHistChunk, batch - b0), at + b0 * ld, ld, scratch.data());
           }
         } else {
-          kern(a, xs.data() + s.col_begin, N_, batch, at, ld);
+          kern(a, xs.data() + s.col_begin, ldx, batch, at, ld);
         }
       }
     }
@@ -496,6 +651,28 @@ void GemvPlan::dequantize_task(idx_t t, float* out) const {
     const idx_t th = s.tile_rows();
     const idx_t first = row0 / th;
     const idx_t last = std::min(s.num_tiles, first + task_rows_ / th);
+    if (s.sorted) {
+      for (idx_t tt = first; tt < last; ++tt) {
+        const detail::TileArgs a = detail::tile_args(s, tt);
+        detail::for_each_sorted(a, [&](idx_t q, std::uint32_t g, int l, std::uint32_t, std::size_t e) {
+          const std::uint32_t w = a.ent[e];
+          if ((w & 0xffffu) == a.dummy_col) return;
+          const idx_t rstart = (tt * s.rb + a.gblk[static_cast<std::size_t>(g) * a.G + l]) * s.v;
+          const int nl = static_cast<int>(std::min<idx_t>(s.v, M_ - rstart));
+          const idx_t j = perm_[static_cast<std::size_t>(s.col_begin + (w & 0xffffu))];
+          const float sc = scale_[static_cast<std::size_t>(j)];
+          const float bi = nbias_.empty() ? 0.0f : nbias_[static_cast<std::size_t>(j)];
+          const idx_t off = q * a.chunk_elems + (w >> 16);
+          float* o = out + (rstart - row0) * N_;
+          for (int i = 0; i < nl; ++i) {
+            float qv = entry(cb16, s.cb32.data(), off, i);
+            if (s.kr > 0) qv += entry(rcb16, s.rcb32.data(), static_cast<idx_t>(a.rent[e]) * mult, i);
+            o[i * N_ + j] = qv * sc + bi;
+          }
+        });
+      }
+      continue;
+    }
     for (idx_t tt = first; tt < last; ++tt)
       for (int r = 0; r < s.rb; ++r) {
         // one row block (v rows x N floats) at a time keeps the written rows in cache
@@ -528,7 +705,8 @@ void GemvPlan::dequantize(float* out) const {
 
 void GemvPlan::forward_blas(const float* x, idx_t batch, float* y, SimdLevel level) const {
   const detail::DequantTKernel deq = detail::pick_dequant_t(level);
-  std::vector<float> xs(static_cast<std::size_t>(batch * N_));  // [batch, N] permuted, scaled
+  const idx_t ldx = N_ + 1;
+  std::vector<float> xs(static_cast<std::size_t>(batch * ldx));  // [batch, N + 1] permuted, scaled
   std::vector<float> xb(static_cast<std::size_t>(batch));       // [batch] Σ x·bias
   prescale(x, batch, xs.data(), xb.data());
   const idx_t ldq = task_rows_;
@@ -551,7 +729,7 @@ void GemvPlan::forward_blas(const float* x, idx_t batch, float* y, SimdLevel lev
     }
     float* yt = y + row0;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(batch), static_cast<int>(rows),
-                static_cast<int>(N_), 1.0f, xs.data(), static_cast<int>(N_), qt, static_cast<int>(ldq), 0.0f,
+                static_cast<int>(N_), 1.0f, xs.data(), static_cast<int>(ldx), qt, static_cast<int>(ldq), 0.0f,
                 yt, static_cast<int>(M_));
     for (idx_t b = 0; b < batch; ++b) {
       float* yr = yt + b * M_;
@@ -569,7 +747,8 @@ void GemvPlan::forward_blas(const float* x, idx_t batch, float* y, SimdLevel lev
 std::size_t GemvPlan::kernel_bytes() const {
   std::size_t n = 0;
   for (const auto& s : sections_) {
-    n += (s.idx.size() + s.ridx.size()) * sizeof(std::uint16_t);
+    n += (s.idx.size() + s.ridx.size() + s.sl.rent.size() + s.sl.gblk.size()) * sizeof(std::uint16_t);
+    n += (s.sl.ent.size() + s.sl.gstart.size() + s.sl.gfirst.size()) * sizeof(std::uint32_t);
     n += (s.cb32.size() + s.rcb32.size()) * sizeof(float) + (s.cb16.size() + s.rcb16.size()) * sizeof(std::uint16_t);
   }
   return n;
@@ -578,6 +757,10 @@ std::size_t GemvPlan::kernel_bytes() const {
 std::size_t GemvPlan::memory_bytes() const {
   return kernel_bytes() + perm_.size() * sizeof(idx_t) + (scale_.size() + nbias_.size() + lbias_.size()) * sizeof(float) +
          sections_.size() * sizeof(detail::GemvSection);
+}
+
+int GemvPlan::sorted_sections() const {
+  return static_cast<int>(std::count_if(sections_.begin(), sections_.end(), [](const auto& s) { return s.sorted; }));
 }
 
 std::string GemvPlan::codebook_storage() const {

@@ -326,12 +326,14 @@ TEST(Gemv, buffered_batches_equal_batch_one_rows_bit_for_bit) {
   // rows for k <= 4096, from 4 for larger codebooks); it keeps the direct kernel's
   // per-output order, so every row equals a batch-1 call exactly. Odd M (v = 12 does
   // not divide it), outliers (k0 = 2048: too large for the histogram form, which
-  // regroups sums), two groups; k = 8192 > 4096 exercises the 4-row switch.
+  // regroups sums), two groups; k = 8192 > 4096 exercises the 4-row switch (its
+  // residual codebook, 64 KB, keeps it out of the sorted layout).
   struct Case { int v; idx_t k1, k2, batch; };
-  for (const Case& c : {Case{12, 4096, 4096, 9}, Case{8, 8192, 256, 5}}) {
+  for (const Case& c : {Case{12, 4096, 4096, 9}, Case{8, 8192, 4096, 5}}) {
     RandomWeights W(61, 80, c.v, c.k1, c.k2, 5.0, 4, 2048, 2, 31, Round::F16);
     vptq::GemvPlan plan(W.view(), W.lbias.data());
     ASSERT_EQ(plan.codebook_storage(), "f16");
+    ASSERT_EQ(plan.sorted_sections(), 0);
     const auto x = random_x(c.batch, 80, 32);
     for (vptq::SimdLevel level : simd_levels()) {
       if (!vptq::simd_level_supported(level)) continue;
@@ -343,6 +345,68 @@ TEST(Gemv, buffered_batches_equal_batch_one_rows_bit_for_bit) {
           ASSERT_EQ(y[static_cast<std::size_t>(b * 61 + i)], y1[static_cast<std::size_t>(i)])
               << vptq::simd_level_name(level) << " v" << c.v << " batch row " << b << " output " << i;
       }
+    }
+  }
+}
+
+TEST(Gemv, sorted_layout_matches_direct_layout) {
+  // Codebooks beyond ~L1 (no residual, or one that fits L1) take the sorted layout:
+  // lookups bucketed by codebook chunk, summed per (chunk, block) list. Compared with
+  // the same plan built in the direct layout: within the bound (the sums are regrouped,
+  // at most one extra rounding per chunk), bit-identical across thread counts, every
+  // batch row equal to a batch-1 call, and the same dense reconstruction. Several tiles
+  // (M = 1100: 138 blocks of 8), M not a multiple of v, outliers (direct) + 2 groups.
+  ThreadGuard guard;
+  struct Case { int v; idx_t k1, k2; Round round; int sorted; };
+  for (const Case& c : {Case{8, 65536, 0, Round::F16, 2}, Case{6, 16384, 256, Round::None, 2},
+                        Case{16, 8192, 0, Round::None, 2}, Case{12, 8192, 64, Round::BF16, 2}}) {
+    const idx_t M = 1100, N = 300;
+    RandomWeights W(M, N, c.v, c.k1, c.k2, 5.0, 4, 16, 2, 71 + static_cast<std::uint64_t>(c.v), c.round);
+    vptq::GemvPlan sorted(W.view(), W.lbias.data());
+    vptq::GemvOptions direct_opt;
+    direct_opt.sorted_min_codebook_bytes = 0;
+    vptq::GemvPlan direct(W.view(), W.lbias.data(), direct_opt);
+    const std::string name = "v" + std::to_string(c.v) + "-k" + std::to_string(c.k1) + "-" + std::to_string(c.k2);
+    ASSERT_EQ(sorted.sorted_sections(), c.sorted) << name;
+    ASSERT_EQ(direct.sorted_sections(), 0);
+    std::vector<float> a(static_cast<std::size_t>(M * N)), b(a.size());
+    sorted.dequantize(a.data());
+    vptq::dequantize(W.view(), b.data());
+    ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << name;
+    std::vector<vptq::SimdLevel> levels{vptq::SimdLevel::Scalar};
+    for (vptq::SimdLevel l : simd_levels())
+      if (vptq::simd_level_supported(l)) levels.push_back(l);
+    for (vptq::SimdLevel level : levels)
+      for (idx_t batch : {1, 2, 3, 5}) {
+        const auto x = random_x(batch, N, 72 + static_cast<std::uint64_t>(batch));
+        std::vector<double> ref, mag;
+        dense_reference(W, x, batch, true, &ref, &mag);
+        std::vector<float> ys(static_cast<std::size_t>(batch * M)), ys2(ys.size()), yd(ys.size()), y1(M);
+        vptq::set_num_threads(1);
+        sorted.forward(x.data(), batch, ys.data(), level);
+        direct.forward(x.data(), batch, yd.data(), level);
+        vptq::set_num_threads(2);
+        sorted.forward(x.data(), batch, ys2.data(), level);
+        ASSERT_EQ(0, std::memcmp(ys.data(), ys2.data(), ys.size() * sizeof(float))) << name;
+        for (std::size_t i = 0; i < ys.size(); ++i)
+          ASSERT_LE(std::fabs(ys[i] - yd[i]), simd_bound(2 * N + 512, mag[i]))
+              << vptq::simd_level_name(level) << " " << name << " batch " << batch << " i " << i;
+        for (idx_t r = 0; r < batch; ++r) {
+          sorted.forward(x.data() + r * N, 1, y1.data(), level);
+          ASSERT_EQ(0, std::memcmp(y1.data(), ys.data() + r * M, y1.size() * sizeof(float)))
+              << vptq::simd_level_name(level) << " " << name << " row " << r;
+        }
+      }
+    // BLAS path from the sorted layout (scattered dense tiles)
+    sorted.set_blas_min_batch(4);
+    const auto x = random_x(6, N, 79);
+    std::vector<double> ref, mag;
+    dense_reference(W, x, 6, true, &ref, &mag);
+    std::vector<float> y(static_cast<std::size_t>(6 * M));
+    for (vptq::SimdLevel level : levels) {
+      sorted.forward(x.data(), 6, y.data(), level);
+      for (std::size_t i = 0; i < y.size(); ++i)
+        ASSERT_LE(std::fabs(y[i] - ref[i]), 4.0 * simd_bound(2 * N, mag[i])) << "BLAS " << name << " i " << i;
     }
   }
 }

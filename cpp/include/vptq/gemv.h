@@ -16,7 +16,11 @@
 //    larger than L1 (GemvOptions::compact_codebook_bytes): fewer cache lines per
 //    lookup, converted with F16C / a shift in the kernel;
 //  * indices of codebooks with k * vp <= 65536 are stored pre-multiplied by vp
-//    (entry offsets), saving a shift per lookup.
+//    (entry offsets), saving a shift per lookup;
+//  * sections with a main codebook beyond ~L1/L2 (GemvOptions::sorted_min_codebook_bytes)
+//    use the sorted layout instead: per tile of up to 256 row blocks, lookups are
+//    bucketed by L1-sized chunk of the codebook and stored as (column, offset) pairs,
+//    so a random lookup hits L1 instead of L2/L3 (4 bytes per index instead of 2).
 //
 // Kernels (per SIMD level, chosen at run time; cpp/src/kernels/gemv_tile_inl.h):
 //  * direct: per column, broadcast xs and FMA each looked-up entry into a register
@@ -25,6 +29,9 @@
 //  * buffered (batches, fp16/bf16 codebooks with a residual: from 4 rows when k > 4096,
 //    else from 8): the weight vectors of 32 columns are looked up once into an L1
 //    buffer that every batch row then reads; same per-output order as direct;
+//  * sorted (sorted sections, any batch): per codebook chunk, groups of 8 (v <= 8) or
+//    4 lists, one (column-ordered) list of lookups per row block, summed in registers
+//    and added to the block's accumulator when the list ends;
 //  * histogram (batches >= 8, v <= 8, k <= 1024): per row block, sum activations
 //    per codebook entry, then one small product with the codebook;
 //  * BLAS (large batches): transposed dense tiles + cblas_sgemm.
@@ -34,7 +41,10 @@
 // in order); within a group with a residual codebook, each weight vector is first
 // formed as main + residual entry in fp32 (rounded once, exactly as in dequantize)
 // and then multiplied, so there is one term per column; then the norm-bias dot
-// product (computed in double, rounded once) and the layer bias are added. All SIMD
+// product (computed in double, rounded once) and the layer bias are added. (Sorted
+// sections sum each (chunk, block) list separately, in column order, and add the list
+// sums in chunk order: per output at most one more rounding per chunk, n + chunks
+// terms in the bound below; every level and batch row uses that same order.) All SIMD
 // levels use this exact order; they differ from the scalar reference only by fused
 // multiply-add rounding, so for an output with n = N accumulated terms t_k:
 //   |y_simd - y_scalar| <= 2 · (n + 2) · 2^-24 · (Σ_k |t_k| + |Σ x·bias| + |layer bias|).
@@ -82,6 +92,27 @@ struct GemvOptions {
   /// activations are summed per codebook entry, then multiplied by the codebook once
   /// (k·v instead of N·v multiply-adds per batch row). 0 = never.
   idx_t hist_min_batch = 8;
+  /// Sections whose main codebook (in its chosen storage, entries padded) is larger
+  /// than this many bytes, and whose residual codebook (if any) is at most
+  /// sorted_max_residual_bytes, use the sorted layout (SortedLayout in
+  /// cpp/src/kernels/gemv_kernels.h): lookups bucketed by L1-sized codebook chunk, so
+  /// a random lookup hits L1 instead of L2/L3. Costs 4 bytes per index (6 with a
+  /// residual) instead of 2 (4). 0 = never. Measured on a Zen 3 core, 4096x4096, batch
+  /// 1, one thread (direct vs sorted): v8-k65536-0 1.55 vs 1.16 ms, v8-k16384-0 1.26
+  /// vs 1.02, v8-k8192-0 1.13 vs 1.02, v8-k65536-256 2.92 vs 2.41; but v6-k4096-0
+  /// (64 KB of fp16) 1.20 vs 1.45 and, with a residual codebook beyond L1 (whose
+  /// random lines evict the chunk), v12-k4096-4096 1.80 vs 2.4 and v16-k65536-65536
+  /// 2.63 vs 3.12.
+  std::size_t sorted_min_codebook_bytes = 96 * 1024;
+  std::size_t sorted_max_residual_bytes = 32 * 1024;
+  /// Target bytes of one codebook chunk of the sorted layout (rounded down to a
+  /// power-of-two number of entries).
+  std::size_t sorted_chunk_bytes = 8 * 1024;
+  /// Most row blocks per tile (= parallel task) of the sorted layout: each chunk is
+  /// loaded into L1 once per tile, so larger tiles amortise it (v8-k65536-0: 64
+  /// blocks 1.28 ms, 128 1.20, 256 1.16). Tiles are made smaller (down to 64 blocks)
+  /// so that a layer has at least 4 of them to share between threads.
+  idx_t sorted_tile_blocks = 256;
 };
 
 namespace detail {
@@ -132,6 +163,8 @@ class GemvPlan {
   std::size_t memory_bytes() const;
   /// Bytes of indices + codebooks the kernel streams per forward (for GB/s figures).
   std::size_t kernel_bytes() const;
+  /// Number of sections (outliers, groups) that use the sorted layout.
+  int sorted_sections() const;
   /// Storage chosen for the main codebooks ("f32", "f16", "bf16").
   std::string codebook_storage() const;
 

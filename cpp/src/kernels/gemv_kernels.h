@@ -32,6 +32,28 @@ struct CacheAlignedAllocator {
 template <class T>
 using aligned_vector = std::vector<T, CacheAlignedAllocator<T>>;
 
+/// Sorted ("codebook-chunked") layout of a section whose main codebook is larger
+/// than L1 (built by make_section when GemvOptions allow it). Per tile of rb row
+/// blocks, the lookups are bucketed by main codebook chunk (chunk_entries consecutive
+/// entries, about L1-sized), so each chunk stays in L1 while all lookups that use it
+/// run; within a chunk and a block the lookups keep column order (a "list").
+/// Lists are bundled into groups of G (similar lengths) stored round by round:
+/// round r holds entry r of each list, so one register accumulator per list runs
+/// G independent FMA chains; shorter lists are padded with dummy entries whose
+/// column is the zero slot of xs (col == dummy_col). Per output, the partial sum of
+/// each list (sequential in c) is added to the accumulator in chunk order.
+struct SortedLayout {
+  int G = 0;                  ///< lists per group (8 for vp = 8, 4 for vp = 16)
+  idx_t chunk_entries = 0;    ///< main codebook entries per chunk
+  idx_t num_chunks = 0;
+  std::uint16_t dummy_col = 0;           ///< section-local column of the zero slot
+  std::vector<std::uint32_t> gstart;     ///< [num_tiles * num_chunks + 1] first group per (tile, chunk)
+  std::vector<std::uint32_t> gfirst;     ///< [num_groups + 1] first round of each group
+  std::vector<std::uint16_t> gblk;       ///< [num_groups * G] tile-local row block of each list
+  std::vector<std::uint32_t> ent;        ///< [rounds * G] col | (entry offset within chunk) << 16
+  std::vector<std::uint16_t> rent;       ///< [rounds * G] residual index (times vp if premul); empty without
+};
+
 /// One block of permuted columns sharing a codebook: the outliers or one group.
 struct GemvSection {
   int v = 0;     ///< vector length (rows per block)
@@ -50,6 +72,9 @@ struct GemvSection {
   aligned_vector<std::uint16_t> cb16, rcb16;  ///< [k, vp], [kr, vp] (fp16 or bf16 bits) otherwise
   std::vector<std::uint16_t> idx;   ///< [num_tiles, cols, rb] (padding blocks hold 0), times vp if premul
   std::vector<std::uint16_t> ridx;  ///< same shape, empty without residual
+  /// Sorted layout (then idx/ridx are empty and rb is the sorted tile's block count).
+  bool sorted = false;
+  SortedLayout sl;
 
   idx_t tile_rows() const { return static_cast<idx_t>(rb) * v; }
   const void* cb() const { return storage == CodebookStorage::F32 ? static_cast<const void*>(cb32.data()) : cb16.data(); }
@@ -73,6 +98,16 @@ struct TileArgs {
   const std::uint16_t* idx = nullptr;   ///< [cols, rb] this tile's main indices
   const std::uint16_t* ridx = nullptr;  ///< [cols, rb] residual indices or nullptr
   idx_t k = 0, kr = 0;                  ///< codebook sizes (kr = 0: no residual)
+  /// Sorted layout (see SortedLayout; idx/ridx unused): this tile's groups.
+  bool sorted = false;
+  int G = 0;
+  idx_t num_chunks = 0, chunk_elems = 0;  ///< chunk q's entries start at cb + q * chunk_elems
+  std::uint16_t dummy_col = 0;
+  const std::uint32_t* gstart = nullptr;  ///< [num_chunks + 1] this tile's group ranges
+  const std::uint32_t* gfirst = nullptr;  ///< section-wide
+  const std::uint16_t* gblk = nullptr;    ///< section-wide
+  const std::uint32_t* ent = nullptr;     ///< section-wide
+  const std::uint16_t* rent = nullptr;    ///< section-wide, nullptr without residual
 };
 
 /// Whether the histogram kernel handles a section: v <= 8, fp32 codebooks of at
@@ -98,6 +133,8 @@ void gemv_hist_avx512(const TileArgs& a, const float* xst, idx_t ldt, idx_t batc
 #endif
 
 /// Accumulates one tile: for b < batch, block r < rb, lane l < v (o = b*ld + r*v + l):
+/// (sorted sections: the same products, summed per list then per chunk as in SortedLayout;
+/// xs must hold 0 at column dummy_col of every row)
 ///   acc[o] += Σ_c xs[b*ldx + c] · q(c, r, l),   q = cb[idx[c*rb+r]][l] (+ rcb[ridx[c*rb+r]][l])
 /// accumulated sequentially in c; with a residual codebook the entry sum q is rounded to
 /// fp32 once (it is the dequantized weight before scaling) and then multiplied.

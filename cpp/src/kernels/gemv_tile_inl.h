@@ -219,6 +219,99 @@ void buffered_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, f
       for (int l = 0; l < v; ++l) acc[b * ld + r * v + l] = accp[static_cast<std::size_t>(b * ldp + r * VP + l)];
 }
 
+/// Chunk q of a codebook: q * elems entries of the storage type further.
+template <CodebookStorage S>
+inline const void* chunk_ptr(const void* cb, idx_t q, idx_t elems) {
+  constexpr std::size_t eb = S == CodebookStorage::F32 ? sizeof(float) : sizeof(std::uint16_t);
+  return static_cast<const char*>(cb) + static_cast<std::size_t>(q * elems) * eb;
+}
+
+/// Sorted sections (SortedLayout): lists [l0, l0 + SG) of group g, BT batch rows. One
+/// accumulator chain per list and row; each list's sum is added to its block when it ends.
+template <int NV, CodebookStorage S, bool RES, bool RPRE, int SG, int BT>
+inline void sorted_pass(const TileArgs& a, const void* cbq, std::uint32_t g, int l0, const float* xs, idx_t ldx,
+                        float* acc, idx_t ld, const __m256i* masks) {
+  constexpr int VP = 8 * NV;
+  const int G = a.G;
+  __m256 A[BT][SG][NV];
+#pragma GCC unroll 4
+  for (int b = 0; b < BT; ++b)
+#pragma GCC unroll 8
+    for (int l = 0; l < SG; ++l)
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) A[b][l][h] = _mm256_setzero_ps();
+  const std::uint32_t r0 = a.gfirst[g], r1 = a.gfirst[g + 1];
+  const std::uint32_t* e = a.ent + static_cast<std::size_t>(r0) * G + l0;
+  const std::uint16_t* re = RES ? a.rent + static_cast<std::size_t>(r0) * G + l0 : nullptr;
+  const void* rcb = a.rcb;
+  for (std::uint32_t r = r0; r < r1; ++r) {
+#pragma GCC unroll 8
+    for (int l = 0; l < SG; ++l) {
+      const std::uint32_t w = e[l];
+      const float* xc = xs + (w & 0xffffu);
+      const std::uint32_t off = w >> 16;
+      std::uint32_t roff = 0;
+      if constexpr (RES) roff = RPRE ? re[l] : static_cast<std::uint32_t>(re[l]) * VP;
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) {
+        __m256 C = load_entry8<S>(cbq, off + 8 * h);
+        if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(rcb, roff + 8 * h));
+#pragma GCC unroll 4
+        for (int b = 0; b < BT; ++b) A[b][l][h] = _mm256_fmadd_ps(_mm256_broadcast_ss(xc + b * ldx), C, A[b][l][h]);
+      }
+    }
+    e += G;
+    if constexpr (RES) re += G;
+  }
+  const int v = a.v;
+#pragma GCC unroll 8
+  for (int l = 0; l < SG; ++l) {
+    const idx_t blk = a.gblk[static_cast<std::size_t>(g) * G + l0 + l];
+#pragma GCC unroll 4
+    for (int b = 0; b < BT; ++b)
+#pragma GCC unroll 2
+      for (int h = 0; h < NV; ++h) {
+        float* o = acc + b * ld + blk * v + 8 * h;
+        if (v == VP) {
+          _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), A[b][l][h]));
+        } else {
+          _mm256_maskstore_ps(o, masks[h], _mm256_add_ps(_mm256_maskload_ps(o, masks[h]), A[b][l][h]));
+        }
+      }
+  }
+}
+
+/// Sorted sections: every chunk's groups, in passes of SG lists x BT rows.
+template <int NV, CodebookStorage S, bool RES, bool RPRE, int SG, int BT>
+inline void sorted_rows(const TileArgs& a, const float* xs, idx_t ldx, float* acc, idx_t ld, const __m256i* masks) {
+  for (idx_t q = 0; q < a.num_chunks; ++q) {
+    const void* cbq = chunk_ptr<S>(a.cb, q, a.chunk_elems);
+    for (std::uint32_t g = a.gstart[q]; g < a.gstart[q + 1]; ++g)
+      for (int l0 = 0; l0 < a.G; l0 += SG) sorted_pass<NV, S, RES, RPRE, SG, BT>(a, cbq, g, l0, xs, ldx, acc, ld, masks);
+  }
+}
+
+template <int NV, CodebookStorage S, bool RES, bool RPRE>
+void sorted_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld,
+                 const __m256i* masks) {
+  constexpr int SG1 = NV == 1 ? 8 : 4;  // = G: a whole group per pass
+  constexpr int SGB = NV == 1 ? VPTQ_GEMV_RBSB_NV1 : VPTQ_GEMV_RBSB_NV2;
+  if (batch == 1) {
+    sorted_rows<NV, S, RES, RPRE, SG1, 1>(a, xs, ldx, acc, ld, masks);
+    return;
+  }
+  for (idx_t b = 0; b < batch;) {
+    const idx_t left = batch - b;
+    if (left == 2 || left == 4) {
+      sorted_rows<NV, S, RES, RPRE, SGB, 2>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+      b += 2;
+    } else {
+      sorted_rows<NV, S, RES, RPRE, SGB, 3>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+      b += 3;
+    }
+  }
+}
+
 template <int NV, CodebookStorage S, bool RES, bool PRE>
 void tile_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld) {
   constexpr int RBS1 = NV == 1 ? VPTQ_GEMV_RBS1_NV1 : VPTQ_GEMV_RBS1_NV2;
@@ -230,6 +323,10 @@ void tile_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float
     masks[h] = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   static_assert(BT == 3, "batch decomposition below assumes register tiles of 3 (and 2) rows");
+  if (a.sorted) {
+    sorted_impl<NV, S, RES, PRE>(a, xs, ldx, batch, acc, ld, masks);
+    return;
+  }
   if (batch == 1) {
     tile_rows<NV, S, RES, PRE, RBS1, 1>(a, xs, ldx, acc, ld, masks);
     return;
@@ -290,6 +387,28 @@ void dequant_t_impl(const TileArgs& a, float* qt, idx_t ldq) {
   for (int h = 0; h < NV; ++h)
     masks[h] = _mm256_cmpgt_epi32(_mm256_set1_epi32(a.v - 8 * h), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   const int rb = a.rb, v = a.v;
+  if (a.sorted) {  // scatter every real lookup to its column and block
+    for (idx_t q = 0; q < a.num_chunks; ++q) {
+      const void* cbq = chunk_ptr<S>(a.cb, q, a.chunk_elems);
+      for (std::uint32_t g = a.gstart[q]; g < a.gstart[q + 1]; ++g)
+        for (std::size_t e = static_cast<std::size_t>(a.gfirst[g]) * a.G; e < static_cast<std::size_t>(a.gfirst[g + 1]) * a.G; ++e) {
+          const std::uint32_t w = a.ent[e];
+          if ((w & 0xffffu) == a.dummy_col) continue;
+          const idx_t blk = a.gblk[static_cast<std::size_t>(g) * a.G + e % static_cast<std::size_t>(a.G)];
+          float* o = qt + static_cast<idx_t>(w & 0xffffu) * ldq + blk * v;
+#pragma GCC unroll 2
+          for (int h = 0; h < NV; ++h) {
+            __m256 q8 = load_entry8<S>(cbq, (w >> 16) + 8 * h);
+            if constexpr (RES) {
+              const std::uint32_t roff = PRE ? a.rent[e] : static_cast<std::uint32_t>(a.rent[e]) * VP;
+              q8 = _mm256_add_ps(q8, load_entry8<S>(a.rcb, roff + 8 * h));
+            }
+            _mm256_maskstore_ps(o + 8 * h, masks[h], q8);
+          }
+        }
+    }
+    return;
+  }
   for (idx_t c = 0; c < a.cols; ++c) {
     const std::uint16_t* ip = a.idx + c * rb;
     const std::uint16_t* rp = RES ? a.ridx + c * rb : nullptr;
