@@ -178,6 +178,7 @@ class GemvPlan {
   GemvOptions opt_;
   idx_t M_ = 0, N_ = 0;
   idx_t task_rows_ = 0;  ///< rows per parallel task (fixed: independent of thread count)
+  idx_t blas_rows_ = 0;  ///< rows per dense tile of the BLAS path (divides task_rows_)
   idx_t num_tasks_ = 0;
   std::vector<idx_t> perm_;      ///< [N]
   std::vector<float> scale_;     ///< [N] per original column (1 if absent)

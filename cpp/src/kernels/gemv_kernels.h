@@ -108,6 +108,9 @@ struct TileArgs {
   const std::uint16_t* gblk = nullptr;    ///< section-wide
   const std::uint32_t* ent = nullptr;     ///< section-wide
   const std::uint16_t* rent = nullptr;    ///< section-wide, nullptr without residual
+  /// Dense transposed tiles (DequantTKernel) of sorted sections: only tile-local blocks
+  /// [blk_lo, blk_hi), block blk written at column offset (blk - blk_lo) * v.
+  idx_t blk_lo = 0, blk_hi = 65536;
 };
 
 /// Whether the histogram kernel handles a section: v <= 8, fp32 codebooks of at
@@ -147,7 +150,8 @@ using TileKernel = void (*)(const TileArgs& a, const float* xs, idx_t ldx, idx_t
 
 /// Dense transposed tile for the BLAS path: for c < cols, r < rb, l < v:
 ///   qt[c*ldq + r*v + l] = cb[idx[c*rb+r]][l] (+ rcb[ridx[c*rb+r]][l]); nothing else is written.
-/// qt: [cols, ldq] with ldq >= rb * v.
+/// qt: [cols, ldq] with ldq >= rb * v (sorted sections: blocks [blk_lo, blk_hi) only,
+/// ldq >= (blk_hi - blk_lo) * v).
 using DequantTKernel = void (*)(const TileArgs& a, float* qt, idx_t ldq);
 
 void gemv_tile_scalar(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld);

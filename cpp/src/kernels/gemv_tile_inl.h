@@ -387,23 +387,30 @@ void dequant_t_impl(const TileArgs& a, float* qt, idx_t ldq) {
   for (int h = 0; h < NV; ++h)
     masks[h] = _mm256_cmpgt_epi32(_mm256_set1_epi32(a.v - 8 * h), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   const int rb = a.rb, v = a.v;
-  if (a.sorted) {  // scatter every real lookup to its column and block
+  if (a.sorted) {
+    // Chunk by chunk, the lists of blocks [blk_lo, blk_hi) (the caller keeps that range
+    // small, so the scattered writes stay within few pages of qt).
     for (idx_t q = 0; q < a.num_chunks; ++q) {
       const void* cbq = chunk_ptr<S>(a.cb, q, a.chunk_elems);
       for (std::uint32_t g = a.gstart[q]; g < a.gstart[q + 1]; ++g)
-        for (std::size_t e = static_cast<std::size_t>(a.gfirst[g]) * a.G; e < static_cast<std::size_t>(a.gfirst[g + 1]) * a.G; ++e) {
-          const std::uint32_t w = a.ent[e];
-          if ((w & 0xffffu) == a.dummy_col) continue;
-          const idx_t blk = a.gblk[static_cast<std::size_t>(g) * a.G + e % static_cast<std::size_t>(a.G)];
-          float* o = qt + static_cast<idx_t>(w & 0xffffu) * ldq + blk * v;
+        for (int l = 0; l < a.G; ++l) {
+          const idx_t blk = a.gblk[static_cast<std::size_t>(g) * a.G + l];
+          if (blk < a.blk_lo || blk >= a.blk_hi) continue;
+          float* ob = qt + (blk - a.blk_lo) * v;
+          for (std::size_t e = a.gfirst[g] * static_cast<std::size_t>(a.G) + static_cast<std::size_t>(l);
+               e < a.gfirst[g + 1] * static_cast<std::size_t>(a.G); e += static_cast<std::size_t>(a.G)) {
+            const std::uint32_t w = a.ent[e];
+            if ((w & 0xffffu) == a.dummy_col) continue;
+            float* o = ob + static_cast<idx_t>(w & 0xffffu) * ldq;
 #pragma GCC unroll 2
-          for (int h = 0; h < NV; ++h) {
-            __m256 q8 = load_entry8<S>(cbq, (w >> 16) + 8 * h);
-            if constexpr (RES) {
-              const std::uint32_t roff = PRE ? a.rent[e] : static_cast<std::uint32_t>(a.rent[e]) * VP;
-              q8 = _mm256_add_ps(q8, load_entry8<S>(a.rcb, roff + 8 * h));
+            for (int h = 0; h < NV; ++h) {
+              __m256 q8 = load_entry8<S>(cbq, (w >> 16) + 8 * h);
+              if constexpr (RES) {
+                const std::uint32_t roff = PRE ? a.rent[e] : static_cast<std::uint32_t>(a.rent[e]) * VP;
+                q8 = _mm256_add_ps(q8, load_entry8<S>(a.rcb, roff + 8 * h));
+              }
+              _mm256_maskstore_ps(o + 8 * h, masks[h], q8);
             }
-            _mm256_maskstore_ps(o + 8 * h, masks[h], q8);
           }
         }
     }
