@@ -3,7 +3,7 @@
 // With one thread, the calling thread's CPU time (CLOCK_THREAD_CPUTIME_ID) is robust to
 // preemption on a shared machine. Environment: VPTQ_BENCH_COMPACT=0 keeps every codebook in fp32;
 // VPTQ_BENCH_BLAS_MIN_BATCH=n sets GemvOptions::blas_min_batch (0 = lookup kernels only);
-// VPTQ_BENCH_SORTED_MIN_BYTES / _CHUNK_BYTES / _TILE_BLOCKS set the sorted-layout options
+// VPTQ_BENCH_SORTED_MIN_BYTES / _MAX_RES_BYTES / _CHUNK_BYTES / _TILE_BLOCKS set the sorted-layout options
 // (MIN_BYTES=0: never sorted).
 // Prints the best-of-reps time per forward in ms. With layers > 1 it cycles through that
 // many distinct plans (to defeat the caches) and reports effective GB/s of kernel bytes.
@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
     if (const char* e = std::getenv("VPTQ_BENCH_COMPACT")) opt.allow_compact_codebooks = std::atoi(e) != 0;
     if (const char* e = std::getenv("VPTQ_BENCH_BLAS_MIN_BATCH")) opt.blas_min_batch = std::atoll(e);
     if (const char* e = std::getenv("VPTQ_BENCH_SORTED_MIN_BYTES")) opt.sorted_min_codebook_bytes = std::strtoull(e, nullptr, 10);
+    if (const char* e = std::getenv("VPTQ_BENCH_SORTED_MAX_RES_BYTES")) opt.sorted_max_residual_bytes = std::strtoull(e, nullptr, 10);
     if (const char* e = std::getenv("VPTQ_BENCH_SORTED_CHUNK_BYTES")) opt.sorted_chunk_bytes = std::strtoull(e, nullptr, 10);
     if (const char* e = std::getenv("VPTQ_BENCH_SORTED_TILE_BLOCKS")) opt.sorted_tile_blocks = std::atoll(e);
     plans.emplace_back(w, nullptr, opt);
