@@ -21,7 +21,7 @@ std::unique_ptr<GemvPlan> make_plan(const py::dict& layout, const CArray<float>&
                                     const std::optional<CArray<std::int64_t>>& perm,
                                     const std::optional<CArray<float>>& scale, const std::optional<CArray<float>>& bias,
                                     const std::optional<CArray<float>>& layer_bias, bool compact_codebooks,
-                                    idx_t blas_min_batch) {
+                                    idx_t blas_min_batch, bool sorted_layout) {
   const VQWeightsView w = make_view(layout_from_dict(layout), centroids, res_centroids, outlier_centroids, indices,
                                     res_indices, outlier_indices, perm, scale, bias);
   const float* lb = nullptr;
@@ -34,6 +34,7 @@ std::unique_ptr<GemvPlan> make_plan(const py::dict& layout, const CArray<float>&
   VPTQ_CHECK(blas_min_batch >= -1, "blas_min_batch: expected >= 0 (0 = never) or -1 (automatic), got ",
              blas_min_batch);
   opt.blas_min_batch = blas_min_batch;
+  if (!sorted_layout) opt.sorted_min_codebook_bytes = 0;
   py::gil_scoped_release release;
   return std::make_unique<GemvPlan>(w, lb, opt);  // validates (check_weights) and copies
 }
@@ -50,12 +51,13 @@ VPTQ_REGISTER_BINDINGS(gemv) {
            py::arg("outlier_indices").noconvert() = py::none(), py::arg("perm").noconvert() = py::none(),
            py::arg("scale").noconvert() = py::none(), py::arg("bias").noconvert() = py::none(),
            py::arg("layer_bias").noconvert() = py::none(), py::arg("compact_codebooks") = true,
-           py::arg("blas_min_batch") = GemvOptions().blas_min_batch,
+           py::arg("blas_min_batch") = GemvOptions().blas_min_batch, py::arg("sorted_layout") = true,
            "Builds the kernel layout from unpacked VQ weights (same arrays as dequantize; layer_bias f32[M] or "
            "None). Validates everything (ValueError on bad shapes, out-of-range indices, non-permutation perm, "
            "non-finite values). compact_codebooks: allow exact fp16/bf16 storage of large codebooks. "
            "blas_min_batch: batches with at least this many rows use dequantized tiles + BLAS (0 = never, -1 = "
-           "automatic: 48 or 64 depending on the codebooks).")
+           "automatic: 48 or 64 depending on the codebooks). sorted_layout: allow the sorted (codebook-chunked) "
+           "layout for codebooks beyond ~96 KB (faster lookups, 4 instead of 2 bytes per index).")
       .def(
           "forward",
           [](const GemvPlan& p, const CArray<float>& x, const std::optional<std::string>& level) {
@@ -107,6 +109,8 @@ VPTQ_REGISTER_BINDINGS(gemv) {
       .def_property_readonly("codebook_storage", &GemvPlan::codebook_storage,
                              "Storage of the main codebooks inside the plan: 'f32', 'f16' or 'bf16' (always exact).")
       .def_property_readonly("memory_bytes", &GemvPlan::memory_bytes, "Bytes held by the plan.")
+      .def_property_readonly("sorted_sections", &GemvPlan::sorted_sections,
+                             "Number of sections (outliers, groups) in the sorted (codebook-chunked) layout.")
       .def_property_readonly("kernel_bytes", &GemvPlan::kernel_bytes,
                              "Bytes of indices + codebooks one forward streams.");
 }

@@ -94,9 +94,9 @@ class GemvPlan:
     """
     A quantized Linear prepared for y = x @ W_hat.T + bias straight from VPTQ indices and codebooks (never materialising W_hat). Owns copies of everything it needs.
     """
-    def __init__(self, layout: dict, centroids: numpy.typing.NDArray[numpy.float32], res_centroids: numpy.typing.NDArray[numpy.float32] | None, outlier_centroids: numpy.typing.NDArray[numpy.float32] | None, indices: numpy.typing.NDArray[numpy.uint16], res_indices: numpy.typing.NDArray[numpy.uint16] | None = None, outlier_indices: numpy.typing.NDArray[numpy.uint16] | None = None, perm: numpy.typing.NDArray[numpy.int64] | None = None, scale: numpy.typing.NDArray[numpy.float32] | None = None, bias: numpy.typing.NDArray[numpy.float32] | None = None, layer_bias: numpy.typing.NDArray[numpy.float32] | None = None, compact_codebooks: bool = True, blas_min_batch: typing.SupportsInt | typing.SupportsIndex = -1) -> None:
+    def __init__(self, layout: dict, centroids: numpy.typing.NDArray[numpy.float32], res_centroids: numpy.typing.NDArray[numpy.float32] | None, outlier_centroids: numpy.typing.NDArray[numpy.float32] | None, indices: numpy.typing.NDArray[numpy.uint16], res_indices: numpy.typing.NDArray[numpy.uint16] | None = None, outlier_indices: numpy.typing.NDArray[numpy.uint16] | None = None, perm: numpy.typing.NDArray[numpy.int64] | None = None, scale: numpy.typing.NDArray[numpy.float32] | None = None, bias: numpy.typing.NDArray[numpy.float32] | None = None, layer_bias: numpy.typing.NDArray[numpy.float32] | None = None, compact_codebooks: bool = True, blas_min_batch: typing.SupportsInt | typing.SupportsIndex = -1, sorted_layout: bool = True) -> None:
         """
-        Builds the kernel layout from unpacked VQ weights (same arrays as dequantize; layer_bias f32[M] or None). Validates everything (ValueError on bad shapes, out-of-range indices, non-permutation perm, non-finite values). compact_codebooks: allow exact fp16/bf16 storage of large codebooks. blas_min_batch: batches with at least this many rows use dequantized tiles + BLAS (0 = never, -1 = automatic: 48 or 64 depending on the codebooks).
+        Builds the kernel layout from unpacked VQ weights (same arrays as dequantize; layer_bias f32[M] or None). Validates everything (ValueError on bad shapes, out-of-range indices, non-permutation perm, non-finite values). compact_codebooks: allow exact fp16/bf16 storage of large codebooks. blas_min_batch: batches with at least this many rows use dequantized tiles + BLAS (0 = never, -1 = automatic: 48 or 64 depending on the codebooks). sorted_layout: allow the sorted (codebook-chunked) layout for codebooks beyond ~96 KB (faster lookups, 4 instead of 2 bytes per index).
         """
     def dequantize(self) -> numpy.typing.NDArray[numpy.float32]:
         """
@@ -146,6 +146,11 @@ class GemvPlan:
     @property
     def out_features(self) -> int:
         ...
+    @property
+    def sorted_sections(self) -> int:
+        """
+        Number of sections (outliers, groups) in the sorted (codebook-chunked) layout.
+        """
 def check_layout(layout: dict) -> dict:
     """
     Validates a layout dict (keys M, N, v, k1, k2, v0, k0, group_num, outlier_size, group_size) and returns it normalised with the derived fields.

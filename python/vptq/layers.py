@@ -157,6 +157,11 @@ class QuantizedLinear:
         return str(self._plan.codebook_storage)
 
     @property
+    def sorted_sections(self) -> int:
+        """Sections (outliers, groups) whose large codebook runs in the sorted, codebook-chunked layout."""
+        return int(self._plan.sorted_sections)
+
+    @property
     def memory_bytes(self) -> int:
         return int(self._plan.memory_bytes)
 

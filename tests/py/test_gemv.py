@@ -318,3 +318,30 @@ def test_torch_from_linear_matches_dense() -> None:
     torch.testing.assert_close(m(x).double(), ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="shape"):
         vt.QuantizedLinear.from_linear(torch.nn.Linear(41, 24), qw)
+
+
+def test_sorted_layout_for_large_codebooks() -> None:
+    # A 65536-entry fp16 codebook (1 MB) runs in the sorted, codebook-chunked layout by
+    # default; the same weights with sorted_layout=False take the direct layout. Both
+    # agree with the dense product, rows of a batch equal batch-1 calls exactly, and the
+    # sorted form stores 4 bytes per index instead of 2.
+    d = random_vq(520, 300, 8, 65536, 0, 0.0, 0, 0, 1, seed=5, f16=True)
+    q = QuantizedLinear.from_arrays(**d)
+    assert q.sorted_sections == 1
+    args = (d["layout"], d["centroids"], None, None, d["indices"], None, None, d["perm"], d["scale"],
+            d["norm_bias"], d["bias"])
+    direct = _core.GemvPlan(*args, sorted_layout=False)
+    assert direct.sorted_sections == 0
+    n_idx = d["indices"].size
+    assert q.kernel_bytes - direct.kernel_bytes >= 2 * n_idx  # 4 instead of 2 bytes per index
+    W = dense(d)
+    x = np.random.default_rng(2).standard_normal((5, 300)).astype(np.float32)
+    ref = x.astype(np.float64) @ W.T.astype(np.float64) + d["bias"]
+    tol = bound(x, d, W)
+    for level in ["scalar", *LEVELS]:
+        y = q(x, simd_level=level)
+        assert np.all(np.abs(y - ref) <= tol), level
+        assert np.all(np.abs(y - direct.forward(x, level)) <= tol), level
+        for b in range(5):
+            np.testing.assert_array_equal(q(x[b], simd_level=level), y[b])
+    np.testing.assert_array_equal(q.dequantize(), W)
