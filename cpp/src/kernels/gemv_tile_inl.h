@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/gemv_kernels.h"
 
@@ -39,6 +40,22 @@ inline std::uint64_t load_idx4(const std::uint16_t* p) {
   std::uint64_t w = 0;
   std::memcpy(&w, p, sizeof(std::uint16_t) * (RBS < 4 ? RBS : 4));
   return w;
+}
+
+/// Batch rows in register passes of 3 rows, and of 2 where 3 would leave a single row
+/// (a 1-row pass costs nearly as much as a 3-row one): f(std::integral_constant<int, BT>, first row).
+template <class F>
+inline void row_passes(idx_t batch, F f) {
+  for (idx_t b = 0; b < batch;) {
+    const idx_t left = batch - b;
+    if (left == 2 || left == 4) {
+      f(std::integral_constant<int, 2>{}, b);
+      b += 2;
+    } else {
+      f(std::integral_constant<int, 3>{}, b);
+      b += 3;
+    }
+  }
 }
 
 /// One register tile: RBS row blocks starting at block r0, BT batch rows.
@@ -202,17 +219,9 @@ void buffered_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, f
     fill_buf<NV, S, RES, PRE>(a, c0, nc, buf);
     for (idx_t b = 0; b < batch; ++b)
       for (idx_t c = 0; c < nc; ++c) xt[static_cast<std::size_t>(c * batch + b)] = xs[b * ldx + c0 + c];
-    for (idx_t b = 0; b < batch;) {
-      const idx_t left = batch - b;
-      float* ap = accp.data() + b * ldp;
-      if (left == 2 || left == 4) {
-        buf_rows<NV, RBSB, 2>(buf, rb, nc, xt.data() + b, batch, ap, ldp);
-        b += 2;
-      } else {
-        buf_rows<NV, RBSB, 3>(buf, rb, nc, xt.data() + b, batch, ap, ldp);
-        b += 3;
-      }
-    }
+    row_passes(batch, [&](auto bt, idx_t b) {
+      buf_rows<NV, RBSB, decltype(bt)::value>(buf, rb, nc, xt.data() + b, batch, accp.data() + b * ldp, ldp);
+    });
   }
   for (idx_t b = 0; b < batch; ++b)
     for (int r = 0; r < rb; ++r)
@@ -300,16 +309,9 @@ void sorted_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, flo
     sorted_rows<NV, S, RES, RPRE, SG1, 1>(a, xs, ldx, acc, ld, masks);
     return;
   }
-  for (idx_t b = 0; b < batch;) {
-    const idx_t left = batch - b;
-    if (left == 2 || left == 4) {
-      sorted_rows<NV, S, RES, RPRE, SGB, 2>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
-      b += 2;
-    } else {
-      sorted_rows<NV, S, RES, RPRE, SGB, 3>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
-      b += 3;
-    }
-  }
+  row_passes(batch, [&](auto bt, idx_t b) {
+    sorted_rows<NV, S, RES, RPRE, SGB, decltype(bt)::value>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+  });
 }
 
 template <int NV, CodebookStorage S, bool RES, bool PRE>
@@ -335,18 +337,9 @@ void tile_impl(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float
     buffered_impl<NV, S, RES, PRE, RBSB>(a, xs, ldx, batch, acc, ld);
     return;
   }
-  // batch >= 2: tiles of 3 rows, and 2 rows where 3 would leave a single row
-  // (a 1-row pass costs nearly as much as a 3-row one).
-  for (idx_t b = 0; b < batch;) {
-    const idx_t left = batch - b;
-    if (left == 2 || left == 4) {
-      tile_rows<NV, S, RES, PRE, RBSB, 2>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
-      b += 2;
-    } else {
-      tile_rows<NV, S, RES, PRE, RBSB, 3>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
-      b += 3;
-    }
-  }
+  row_passes(batch, [&](auto bt, idx_t b) {
+    tile_rows<NV, S, RES, PRE, RBSB, decltype(bt)::value>(a, xs + b * ldx, ldx, acc + b * ld, ld, masks);
+  });
 }
 
 template <int NV, CodebookStorage S>
