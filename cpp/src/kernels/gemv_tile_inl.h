@@ -15,23 +15,44 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/gemv_kernels.h"
 
 namespace vptq::detail::VPTQ_GEMV_NS {
 
+/// Vector h (8 floats) of the entry at element offset off. The offset is added in the
+/// pointer domain so that 8 * h folds into the address displacement.
 template <CodebookStorage S>
-inline __m256 load_entry8(const void* cb, std::uint32_t off) {
+inline __m256 load_entry8(const void* cb, std::size_t off, int h = 0) {
   if constexpr (S == CodebookStorage::F32) {
-    return _mm256_loadu_ps(static_cast<const float*>(cb) + off);
+    return _mm256_loadu_ps(static_cast<const float*>(cb) + off + 8 * h);
   } else if constexpr (S == CodebookStorage::F16) {
     return _mm256_cvtph_ps(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const std::uint16_t*>(cb) + off)));
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const std::uint16_t*>(cb) + off + 8 * h)));
   } else {
-    const __m128i h =
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const std::uint16_t*>(cb) + off));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    const __m128i h16 =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const std::uint16_t*>(cb) + off + 8 * h));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h16), 16));
   }
+}
+
+/// 16-bit field Q (0..3) of a 64-bit word, as a 64-bit value (a 32-bit one costs an
+/// extra zero-extending mov before its use in an address).
+template <int Q>
+inline std::size_t field16(std::uint64_t w) {
+  static_assert(Q >= 0 && Q < 4, "four 16-bit fields");
+  return static_cast<std::uint16_t>(w >> (16 * Q));
+}
+
+/// f(std::integral_constant<int, i>{}) for i = 0 .. N-1, unrolled at compile time.
+template <class F, int... I>
+inline void static_for_impl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, class F>
+inline void static_for(F&& f) {
+  static_for_impl(f, std::make_integer_sequence<int, N>{});
 }
 
 /// Loads min(RBS, 4) consecutive uint16 indices into the low bits of a 64-bit word.
@@ -93,26 +114,26 @@ inline void tile_block(const TileArgs& a, int r0, const float* xs, idx_t ldx, fl
       w[q] = load_idx4<RBS>(ip + 4 * q);
       if constexpr (RES) rw[q] = load_idx4<RBS>(rp + 4 * q);
     }
-#pragma GCC unroll 16
-    for (int r = 0; r < RBS; ++r) {
-      const std::uint32_t i0 = static_cast<std::uint32_t>(w[r / 4] >> (16 * (r % 4))) & 0xffffu;
-      const std::uint32_t off = PRE ? i0 : i0 * VP;
-      std::uint32_t roff = 0;
+    static_for<RBS>([&](auto rc) {
+      constexpr int r = decltype(rc)::value;
+      const std::size_t i0 = field16<r % 4>(w[r / 4]);
+      const std::size_t off = PRE ? i0 : i0 * VP;
+      std::size_t roff = 0;
       if constexpr (RES) {
-        const std::uint32_t i1 = static_cast<std::uint32_t>(rw[r / 4] >> (16 * (r % 4))) & 0xffffu;
+        const std::size_t i1 = field16<r % 4>(rw[r / 4]);
         roff = PRE ? i1 : i1 * VP;
       }
 #pragma GCC unroll 2
       for (int h = 0; h < NV; ++h) {
-        __m256 C = load_entry8<S>(cb, off + 8 * h);
+        __m256 C = load_entry8<S>(cb, off, h);
         // With a residual codebook the weight vector is formed first (as in the
         // dequantized matrix: one rounding of main + residual), then multiplied: one
         // FMA per entry instead of two, and one accumulator per block.
-        if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(rcb, roff + 8 * h));
+        if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(rcb, roff, h));
 #pragma GCC unroll 4
         for (int b = 0; b < BT; ++b) A[b][r][h] = _mm256_fmadd_ps(X[b], C, A[b][r][h]);
       }
-    }
+    });
     ip += rb;
     if constexpr (RES) rp += rb;
   }
