@@ -172,8 +172,8 @@ inline void fill_buf(const TileArgs& a, idx_t c0, idx_t nc, float* buf) {
     if constexpr (RES) roff = PRE ? rp[i] : static_cast<std::uint32_t>(rp[i]) * VP;
 #pragma GCC unroll 2
     for (int h = 0; h < NV; ++h) {
-      __m256 C = load_entry8<S>(a.cb, off + 8 * h);
-      if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(a.rcb, roff + 8 * h));
+      __m256 C = load_entry8<S>(a.cb, off, h);
+      if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(a.rcb, roff, h));
       _mm256_store_ps(buf + i * VP + 8 * h, C);
     }
   }
@@ -284,8 +284,8 @@ inline void sorted_pass(const TileArgs& a, const void* cbq, std::uint32_t g, int
       if constexpr (RES) roff = RPRE ? re[l] : static_cast<std::uint32_t>(re[l]) * VP;
 #pragma GCC unroll 2
       for (int h = 0; h < NV; ++h) {
-        __m256 C = load_entry8<S>(cbq, off + 8 * h);
-        if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(rcb, roff + 8 * h));
+        __m256 C = load_entry8<S>(cbq, off, h);
+        if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(rcb, roff, h));
 #pragma GCC unroll 4
         for (int b = 0; b < BT; ++b) A[b][l][h] = _mm256_fmadd_ps(_mm256_broadcast_ss(xc + b * ldx), C, A[b][l][h]);
       }
@@ -418,10 +418,10 @@ void dequant_t_impl(const TileArgs& a, float* qt, idx_t ldq) {
             float* o = ob + static_cast<idx_t>(w & 0xffffu) * ldq;
 #pragma GCC unroll 2
             for (int h = 0; h < NV; ++h) {
-              __m256 q8 = load_entry8<S>(cbq, (w >> 16) + 8 * h);
+              __m256 q8 = load_entry8<S>(cbq, w >> 16, h);
               if constexpr (RES) {
                 const std::uint32_t roff = PRE ? a.rent[e] : static_cast<std::uint32_t>(a.rent[e]) * VP;
-                q8 = _mm256_add_ps(q8, load_entry8<S>(a.rcb, roff + 8 * h));
+                q8 = _mm256_add_ps(q8, load_entry8<S>(a.rcb, roff, h));
               }
               _mm256_maskstore_ps(o + 8 * h, masks[h], q8);
             }
@@ -438,10 +438,10 @@ void dequant_t_impl(const TileArgs& a, float* qt, idx_t ldq) {
       const std::uint32_t off = PRE ? ip[r] : static_cast<std::uint32_t>(ip[r]) * VP;
 #pragma GCC unroll 2
       for (int h = 0; h < NV; ++h) {
-        __m256 q = load_entry8<S>(a.cb, off + 8 * h);
+        __m256 q = load_entry8<S>(a.cb, off, h);
         if constexpr (RES) {
           const std::uint32_t roff = PRE ? rp[r] : static_cast<std::uint32_t>(rp[r]) * VP;
-          q = _mm256_add_ps(q, load_entry8<S>(a.rcb, roff + 8 * h));
+          q = _mm256_add_ps(q, load_entry8<S>(a.rcb, roff, h));
         }
         _mm256_maskstore_ps(o + r * v + 8 * h, masks[h], q);
       }
