@@ -16,19 +16,10 @@
 #include <string>
 #include <vector>
 
-#include "vptq/format.h"
+#include "bench_layer.h"
 #include "vptq/gemv.h"
 #include "vptq/simd.h"
 
-namespace {
-float round_half(float f) {  // keep 11 significant bits (fp16-exact for |f| in normal range)
-  if (f == 0.0f) return f;
-  int e = 0;
-  std::frexp(f, &e);
-  const float q = std::ldexp(1.0f, std::max(e - 11, -24));
-  return std::nearbyint(f / q) * q;
-}
-}  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 6) {
@@ -45,37 +36,10 @@ int main(int argc, char** argv) {
   const int v0 = argc > 10 ? std::atoi(argv[10]) : 4;
   const vptq::idx_t k0 = argc > 11 ? std::atoll(argv[11]) : 4096;
   const int layers = argc > 12 ? std::atoi(argv[12]) : 1;
-  const vptq::VQLayout L = vptq::make_layout(M, N, v, k1, k2, opct, opct > 0 ? v0 : 0, opct > 0 ? k0 : 0, 1);
   vptq::Rng rng(1);
+  const vptq::GemvOptions opt = vptq_bench::options_from_env();
   std::vector<vptq::GemvPlan> plans;
-  for (int l = 0; l < layers; ++l) {
-    std::vector<float> cb(k1 * v), rcb(k2 * v), ocb(L.k0 * L.v0);
-    for (auto& f : cb) f = round_half(static_cast<float>(rng.uniform()));
-    for (auto& f : rcb) f = round_half(static_cast<float>(rng.uniform() * 0.1));
-    for (auto& f : ocb) f = round_half(static_cast<float>(rng.uniform()));
-    const vptq::idx_t nb = L.num_indices();
-    std::vector<std::uint16_t> idx(nb * L.group_size), ridx(k2 > 0 ? idx.size() : 0),
-        oidx(L.num_outlier_indices() * L.outlier_size);
-    for (auto& i : idx) i = static_cast<std::uint16_t>(rng.below(k1));
-    for (auto& i : ridx) i = static_cast<std::uint16_t>(rng.below(k2));
-    for (auto& i : oidx) i = static_cast<std::uint16_t>(rng.below(L.k0));
-    vptq::VQWeightsView w;
-    w.layout = L;
-    w.centroids = cb.data();
-    w.res_centroids = k2 > 0 ? rcb.data() : nullptr;
-    w.outlier_centroids = L.k0 > 0 ? ocb.data() : nullptr;
-    w.indices = idx.data();
-    w.res_indices = k2 > 0 ? ridx.data() : nullptr;
-    w.outlier_indices = L.k0 > 0 ? oidx.data() : nullptr;
-    vptq::GemvOptions opt;
-    if (const char* e = std::getenv("VPTQ_BENCH_COMPACT")) opt.allow_compact_codebooks = std::atoi(e) != 0;
-    if (const char* e = std::getenv("VPTQ_BENCH_BLAS_MIN_BATCH")) opt.blas_min_batch = std::atoll(e);
-    if (const char* e = std::getenv("VPTQ_BENCH_SORTED_MIN_BYTES")) opt.sorted_min_codebook_bytes = std::strtoull(e, nullptr, 10);
-    if (const char* e = std::getenv("VPTQ_BENCH_SORTED_MAX_RES_BYTES")) opt.sorted_max_residual_bytes = std::strtoull(e, nullptr, 10);
-    if (const char* e = std::getenv("VPTQ_BENCH_SORTED_CHUNK_BYTES")) opt.sorted_chunk_bytes = std::strtoull(e, nullptr, 10);
-    if (const char* e = std::getenv("VPTQ_BENCH_SORTED_TILE_BLOCKS")) opt.sorted_tile_blocks = std::atoll(e);
-    plans.emplace_back(w, nullptr, opt);
-  }
+  for (int l = 0; l < layers; ++l) plans.push_back(vptq_bench::random_plan(M, N, v, k1, k2, opct, v0, k0, rng, opt));
   std::vector<float> x(batch * N), y(batch * M);
   for (auto& f : x) f = static_cast<float>(rng.uniform() - 0.5);
   const vptq::SimdLevel lv = level == "auto" ? vptq::get_simd_level() : vptq::parse_simd_level(level);
