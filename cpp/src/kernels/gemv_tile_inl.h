@@ -37,6 +37,15 @@ inline __m256 load_entry8(const void* cb, std::size_t off, int h = 0) {
   }
 }
 
+/// Vector h of the weight vector looked up at main offset off (+ residual offset roff): with a
+/// residual codebook the entry sum is rounded to fp32 once, as in the dequantized matrix.
+template <CodebookStorage S, bool RES>
+inline __m256 weight8(const void* cb, std::size_t off, const void* rcb, std::size_t roff, int h) {
+  __m256 C = load_entry8<S>(cb, off, h);
+  if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(rcb, roff, h));
+  return C;
+}
+
 /// 16-bit field Q (0..3) of a 64-bit word, as a 64-bit value (a 32-bit one costs an
 /// extra zero-extending mov before its use in an address).
 template <int Q>
@@ -125,11 +134,9 @@ inline void tile_block(const TileArgs& a, int r0, const float* xs, idx_t ldx, fl
       }
 #pragma GCC unroll 2
       for (int h = 0; h < NV; ++h) {
-        __m256 C = load_entry8<S>(cb, off, h);
-        // With a residual codebook the weight vector is formed first (as in the
-        // dequantized matrix: one rounding of main + residual), then multiplied: one
-        // FMA per entry instead of two, and one accumulator per block.
-        if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(rcb, roff, h));
+        // With a residual codebook the weight vector is formed first, then multiplied:
+        // one FMA per entry instead of two, and one accumulator per block.
+        const __m256 C = weight8<S, RES>(cb, off, rcb, roff, h);
 #pragma GCC unroll 4
         for (int b = 0; b < BT; ++b) A[b][r][h] = _mm256_fmadd_ps(X[b], C, A[b][r][h]);
       }
@@ -172,9 +179,7 @@ inline void fill_buf(const TileArgs& a, idx_t c0, idx_t nc, float* buf) {
     if constexpr (RES) roff = PRE ? rp[i] : static_cast<std::uint32_t>(rp[i]) * VP;
 #pragma GCC unroll 2
     for (int h = 0; h < NV; ++h) {
-      __m256 C = load_entry8<S>(a.cb, off, h);
-      if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(a.rcb, roff, h));
-      _mm256_store_ps(buf + i * VP + 8 * h, C);
+      _mm256_store_ps(buf + i * VP + 8 * h, weight8<S, RES>(a.cb, off, a.rcb, roff, h));
     }
   }
 }
@@ -284,8 +289,7 @@ inline void sorted_pass(const TileArgs& a, const void* cbq, std::uint32_t g, int
       if constexpr (RES) roff = RPRE ? re[l] : static_cast<std::uint32_t>(re[l]) * VP;
 #pragma GCC unroll 2
       for (int h = 0; h < NV; ++h) {
-        __m256 C = load_entry8<S>(cbq, off, h);
-        if constexpr (RES) C = _mm256_add_ps(C, load_entry8<S>(rcb, roff, h));
+        const __m256 C = weight8<S, RES>(cbq, off, rcb, roff, h);
 #pragma GCC unroll 4
         for (int b = 0; b < BT; ++b) A[b][l][h] = _mm256_fmadd_ps(_mm256_broadcast_ss(xc + b * ldx), C, A[b][l][h]);
       }
@@ -416,15 +420,10 @@ void dequant_t_impl(const TileArgs& a, float* qt, idx_t ldq) {
             const std::uint32_t w = a.ent[e];
             if ((w & 0xffffu) == a.dummy_col) continue;
             float* o = ob + static_cast<idx_t>(w & 0xffffu) * ldq;
+            const std::uint32_t roff = !RES ? 0 : PRE ? a.rent[e] : static_cast<std::uint32_t>(a.rent[e]) * VP;
 #pragma GCC unroll 2
-            for (int h = 0; h < NV; ++h) {
-              __m256 q8 = load_entry8<S>(cbq, w >> 16, h);
-              if constexpr (RES) {
-                const std::uint32_t roff = PRE ? a.rent[e] : static_cast<std::uint32_t>(a.rent[e]) * VP;
-                q8 = _mm256_add_ps(q8, load_entry8<S>(a.rcb, roff, h));
-              }
-              _mm256_maskstore_ps(o + 8 * h, masks[h], q8);
-            }
+            for (int h = 0; h < NV; ++h)
+              _mm256_maskstore_ps(o + 8 * h, masks[h], weight8<S, RES>(cbq, w >> 16, a.rcb, roff, h));
           }
         }
     }
@@ -436,15 +435,10 @@ void dequant_t_impl(const TileArgs& a, float* qt, idx_t ldq) {
     float* o = qt + c * ldq;
     for (int r = 0; r < rb; ++r) {
       const std::uint32_t off = PRE ? ip[r] : static_cast<std::uint32_t>(ip[r]) * VP;
+      const std::uint32_t roff = !RES ? 0 : PRE ? rp[r] : static_cast<std::uint32_t>(rp[r]) * VP;
 #pragma GCC unroll 2
-      for (int h = 0; h < NV; ++h) {
-        __m256 q = load_entry8<S>(a.cb, off, h);
-        if constexpr (RES) {
-          const std::uint32_t roff = PRE ? rp[r] : static_cast<std::uint32_t>(rp[r]) * VP;
-          q = _mm256_add_ps(q, load_entry8<S>(a.rcb, roff, h));
-        }
-        _mm256_maskstore_ps(o + r * v + 8 * h, masks[h], q);
-      }
+      for (int h = 0; h < NV; ++h)
+        _mm256_maskstore_ps(o + r * v + 8 * h, masks[h], weight8<S, RES>(a.cb, off, a.rcb, roff, h));
     }
   }
 }
