@@ -1,7 +1,8 @@
 # Per-ISA kernel translation units: only these files get ISA flags; the rest of the
 # library is compiled for baseline x86-64 so nothing AVX runs before dispatch.
-#   cpp/src/kernels/*_avx2.cpp   -> -mavx2 -mfma -mf16c
-#   cpp/src/kernels/*_avx512.cpp -> -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
+#   cpp/src/kernels/*_avx2.cpp   -> -mavx2 -mfma -mf16c -mbmi2
+#   cpp/src/kernels/*_avx512.cpp -> -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -mbmi2
+# (BMI2: every AVX2 CPU has it; the dispatcher checks it with the other bits.)
 #   cpp/src/kernels/*_neon.cpp   -> compiled only on aarch64
 include(CheckCXXCompilerFlag)
 set(VPTQ_ARCH_X86 OFF)
@@ -17,13 +18,13 @@ function(vptq_apply_simd_flags out_var)
   foreach(src IN LISTS ARGN)
     if(src MATCHES "_avx2\\.cpp$")
       if(VPTQ_ARCH_X86)
-        set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
+        set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mbmi2")
         list(APPEND _kept ${src})
       endif()
     elseif(src MATCHES "_avx512\\.cpp$")
       if(VPTQ_ARCH_X86)
         set_source_files_properties(${src} PROPERTIES COMPILE_OPTIONS
-          "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx2;-mfma;-mf16c")
+          "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx2;-mfma;-mf16c;-mbmi2")
         list(APPEND _kept ${src})
       endif()
     elseif(src MATCHES "_neon\\.cpp$")

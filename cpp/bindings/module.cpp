@@ -55,6 +55,7 @@ PYBIND11_MODULE(_core, m) {
     d["avx2"] = f.avx2;
     d["fma"] = f.fma;
     d["f16c"] = f.f16c;
+    d["bmi2"] = f.bmi2;
     d["avx512f"] = f.avx512f;
     d["avx512bw"] = f.avx512bw;
     d["avx512vl"] = f.avx512vl;

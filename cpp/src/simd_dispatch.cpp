@@ -17,6 +17,7 @@ CpuFeatures cpu_features() {
   f.avx2 = __builtin_cpu_supports("avx2");
   f.fma = __builtin_cpu_supports("fma");
   f.f16c = __builtin_cpu_supports("f16c");
+  f.bmi2 = __builtin_cpu_supports("bmi2");
   f.avx512f = __builtin_cpu_supports("avx512f");
   f.avx512bw = __builtin_cpu_supports("avx512bw");
   f.avx512vl = __builtin_cpu_supports("avx512vl");
@@ -33,9 +34,9 @@ bool simd_level_supported(SimdLevel level) {
     case SimdLevel::Scalar:
       return true;
     case SimdLevel::AVX2:
-      return f.avx2 && f.fma && f.f16c;
+      return f.avx2 && f.fma && f.f16c && f.bmi2;
     case SimdLevel::AVX512:
-      return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma && f.f16c;
+      return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma && f.f16c && f.bmi2;
     case SimdLevel::NEON:
 #if defined(VPTQ_HAVE_NEON_KERNELS)
       return f.neon;

@@ -23,7 +23,7 @@ SimdLevel parse_simd_level(const std::string& name);
 
 /// CPU feature flags as seen by the dispatcher.
 struct CpuFeatures {
-  bool avx2 = false, fma = false, f16c = false;
+  bool avx2 = false, fma = false, f16c = false, bmi2 = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool neon = false;
 };

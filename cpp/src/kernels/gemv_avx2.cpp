@@ -1,4 +1,4 @@
-// AVX2 + FMA + F16C GEMV tile kernel (this TU is compiled with -mavx2 -mfma -mf16c).
+// AVX2 + FMA + F16C (+ BMI2) GEMV tile kernel (this TU is compiled with -mavx2 -mfma -mf16c -mbmi2).
 // Register tiles fit the 16 ymm registers: batch 1 keeps 8 row-block accumulators
 // (one 8-float vector each for v <= 8); batches keep 4 blocks x 3 rows = 12.
 #define VPTQ_GEMV_NS avx2_impl

@@ -51,6 +51,10 @@ inline __m256 weight8(const void* cb, std::size_t off, const void* rcb, std::siz
 template <int Q>
 inline std::size_t field16(std::uint64_t w) {
   static_assert(Q >= 0 && Q < 4, "four 16-bit fields");
+#if defined(__BMI2__)
+  // A rotate is one non-destructive rorx; a shift would need a copy first.
+  if constexpr (Q == 1 || Q == 2) return static_cast<std::uint16_t>((w >> (16 * Q)) | (w << (64 - 16 * Q)));
+#endif
   return static_cast<std::uint16_t>(w >> (16 * Q));
 }
 
