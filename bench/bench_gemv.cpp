@@ -5,7 +5,7 @@
 // VPTQ_BENCH_BLAS_MIN_BATCH=n sets GemvOptions::blas_min_batch (0 = lookup kernels only);
 // VPTQ_BENCH_SORTED_MIN_BYTES / _MAX_RES_BYTES / _CHUNK_BYTES / _TILE_BLOCKS set the sorted-layout options
 // (MIN_BYTES=0: never sorted).
-// Prints the best-of-reps time per forward in ms. With layers > 1 it cycles through that
+// Prints the best-of-reps time per forward in ms (and the median). With layers > 1 it cycles through that
 // many distinct plans (to defeat the caches) and reports effective GB/s of kernel bytes.
 #include <algorithm>
 #include <chrono>
@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   for (auto& f : x) f = static_cast<float>(rng.uniform() - 0.5);
   const vptq::SimdLevel lv = level == "auto" ? vptq::get_simd_level() : vptq::parse_simd_level(level);
   double best = 1e30, best_cpu = 1e30;
+  std::vector<double> times;
   auto cpu_ms = [] {
     timespec ts{};
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -55,12 +56,15 @@ int main(int argc, char** argv) {
     for (auto& p : plans) p.forward(x.data(), batch, y.data(), lv);
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     best = std::min(best, ms / layers);
+    times.push_back(ms / layers);
     best_cpu = std::min(best_cpu, (cpu_ms() - c0) / layers);
   }
+  std::sort(times.begin(), times.end());
+  const double median = times[times.size() / 2];
   const double gbs = static_cast<double>(plans[0].kernel_bytes()) / (best * 1e-3) / 1e9;
-  std::printf("M=%lld N=%lld v%d-k%lld-%lld opct=%g batch=%lld level=%s threads=%d storage=%s: %.3f ms/layer, %.2f GB/s (calling thread's CPU time %.3f ms)\n",
+  std::printf("M=%lld N=%lld v%d-k%lld-%lld opct=%g batch=%lld level=%s threads=%d storage=%s: %.3f ms/layer, %.2f GB/s (calling thread's CPU time %.3f ms; median %.3f ms)\n",
               static_cast<long long>(M), static_cast<long long>(N), v, static_cast<long long>(k1),
               static_cast<long long>(k2), opct, static_cast<long long>(batch), vptq::simd_level_name(lv),
-              vptq::get_num_threads(), plans[0].codebook_storage().c_str(), best, gbs, best_cpu);
+              vptq::get_num_threads(), plans[0].codebook_storage().c_str(), best, gbs, best_cpu, median);
   return 0;
 }
