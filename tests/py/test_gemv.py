@@ -245,6 +245,12 @@ def test_cpu_features_reports_levels() -> None:
     f = vptq.cpu_features()
     assert f["selected"] in ("scalar", "avx2", "avx512", "neon")
     assert f["detected"] in ("scalar", "avx2", "avx512", "neon")
+    # The x86 kernels are built with BMI2 (rorx for index fields): a level that uses them
+    # must only be detected where the CPU has every feature its translation unit assumes.
+    needs = {"avx2": ("avx2", "fma", "f16c", "bmi2"),
+             "avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma", "f16c", "bmi2")}
+    for flag in needs.get(str(f["detected"]), ()):
+        assert f[flag] is True, flag
 
 
 def test_torch_module_imports_without_torch() -> None:
