@@ -85,6 +85,13 @@ std::uint16_t float_to_half_exact_or(float f, bool* exact) {
 
 namespace {
 
+/// w[0, n) = the weight vector at main offset off, plus the residual entry at roff when
+/// rcb is set: the entry sum is rounded to fp32 once, as in the dequantized matrix.
+template <class Load>
+void weight_vector(Load load, const void* cb, idx_t off, const void* rcb, idx_t roff, int n, float* w) {
+  for (int l = 0; l < n; ++l) w[l] = rcb != nullptr ? load(cb, off + l) + load(rcb, roff + l) : load(cb, off + l);
+}
+
 /// Visits a sorted tile's lookups: f(chunk q, group g, slot l, round r, entry index e).
 template <class F>
 void for_each_sorted(const TileArgs& a, F f) {
@@ -109,13 +116,10 @@ void sorted_scalar_body(const TileArgs& a, const float* xs, idx_t ldx, idx_t bat
         for (int i = 0; i < v; ++i) part[i] = 0.0f;
       const std::uint32_t w = a.ent[e];
       const float x = xs[b * ldx + (w & 0xffffu)];
-      const idx_t off = q * a.chunk_elems + (w >> 16);
-      if (a.rent != nullptr) {
-        const idx_t roff = static_cast<idx_t>(a.rent[e]) * rmult;
-        for (int i = 0; i < v; ++i) part[i] += x * (load(a.cb, off + i) + load(a.rcb, roff + i));
-      } else {
-        for (int i = 0; i < v; ++i) part[i] += x * load(a.cb, off + i);
-      }
+      const idx_t roff = a.rent != nullptr ? static_cast<idx_t>(a.rent[e]) * rmult : 0;
+      float wv[16];
+      weight_vector(load, a.cb, q * a.chunk_elems + (w >> 16), a.rcb, roff, v, wv);
+      for (int i = 0; i < v; ++i) part[i] += x * wv[i];
       if (r + 1 == a.gfirst[g + 1]) {
         float* o = acc + b * ld + static_cast<idx_t>(a.gblk[static_cast<std::size_t>(g) * a.G + l]) * v;
         for (int i = 0; i < v; ++i) o[i] += part[i];
@@ -141,17 +145,11 @@ void tile_scalar_body(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch
       const std::uint16_t* ip = a.idx + c * rb;
       const std::uint16_t* rp = a.ridx != nullptr ? a.ridx + c * rb : nullptr;
       for (int r = 0; r < rb; ++r) {
-        const idx_t off = static_cast<idx_t>(ip[r]) * mult;
+        float wv[16];
+        weight_vector(load, a.cb, static_cast<idx_t>(ip[r]) * mult, a.rcb,
+                      rp != nullptr ? static_cast<idx_t>(rp[r]) * mult : 0, v, wv);
         float* o = out + r * v;
-        if (rp != nullptr) {
-          const idx_t roff = static_cast<idx_t>(rp[r]) * mult;
-          for (int l = 0; l < v; ++l) {
-            const float q = load(a.cb, off + l) + load(a.rcb, roff + l);  // the weight, rounded once
-            o[l] += x * q;
-          }
-        } else {
-          for (int l = 0; l < v; ++l) o[l] += x * load(a.cb, off + l);
-        }
+        for (int l = 0; l < v; ++l) o[l] += x * wv[l];
       }
     }
   }
@@ -160,6 +158,10 @@ void tile_scalar_body(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch
 float load_f32(const void* p, idx_t i) { return static_cast<const float*>(p)[i]; }
 float load_f16(const void* p, idx_t i) { return half_to_float(static_cast<const std::uint16_t*>(p)[i]); }
 float load_bf16(const void* p, idx_t i) { return bf16_to_float(static_cast<const std::uint16_t*>(p)[i]); }
+using LoadFn = float (*)(const void*, idx_t);
+LoadFn loader(CodebookStorage s) {
+  return s == CodebookStorage::F16 ? load_f16 : s == CodebookStorage::BF16 ? load_bf16 : load_f32;
+}
 
 idx_t lcm(idx_t a, idx_t b) { return a / std::gcd(a, b) * b; }
 
@@ -381,28 +383,17 @@ void dequant_t_body(const TileArgs& a, float* qt, idx_t ldq, Load load) {
       const std::uint32_t w = a.ent[e];
       const idx_t blk = a.gblk[static_cast<std::size_t>(g) * a.G + l];
       if ((w & 0xffffu) == a.dummy_col || blk < a.blk_lo || blk >= a.blk_hi) return;
-      const idx_t off = q * a.chunk_elems + (w >> 16);
-      float* o = qt + static_cast<idx_t>(w & 0xffffu) * ldq + (blk - a.blk_lo) * a.v;
-      if (a.rent != nullptr) {
-        const idx_t roff = static_cast<idx_t>(a.rent[e]) * mult;
-        for (int i = 0; i < a.v; ++i) o[i] = load(a.cb, off + i) + load(a.rcb, roff + i);
-      } else {
-        for (int i = 0; i < a.v; ++i) o[i] = load(a.cb, off + i);
-      }
+      weight_vector(load, a.cb, q * a.chunk_elems + (w >> 16), a.rcb,
+                    a.rent != nullptr ? static_cast<idx_t>(a.rent[e]) * mult : 0, a.v,
+                    qt + static_cast<idx_t>(w & 0xffffu) * ldq + (blk - a.blk_lo) * a.v);
     });
     return;
   }
   for (idx_t c = 0; c < a.cols; ++c)
     for (int r = 0; r < a.rb; ++r) {
       const std::size_t pos = static_cast<std::size_t>(c * a.rb + r);
-      const idx_t off = static_cast<idx_t>(a.idx[pos]) * mult;
-      float* o = qt + c * ldq + r * a.v;
-      if (a.ridx != nullptr) {
-        const idx_t roff = static_cast<idx_t>(a.ridx[pos]) * mult;
-        for (int l = 0; l < a.v; ++l) o[l] = load(a.cb, off + l) + load(a.rcb, roff + l);
-      } else {
-        for (int l = 0; l < a.v; ++l) o[l] = load(a.cb, off + l);
-      }
+      weight_vector(load, a.cb, static_cast<idx_t>(a.idx[pos]) * mult, a.rcb,
+                    a.ridx != nullptr ? static_cast<idx_t>(a.ridx[pos]) * mult : 0, a.v, qt + c * ldq + r * a.v);
     }
 }
 
@@ -643,17 +634,15 @@ void GemvPlan::dequantize_task(idx_t t, float* out) const {
   const idx_t row0 = t * task_rows_;
   for (const auto& s : sections_) {
     const idx_t mult = s.premul ? 1 : s.vp;
-    const std::uint16_t* cb16 = s.cb16.data();
-    const std::uint16_t* rcb16 = s.rcb16.data();
-    auto entry = [&](const std::uint16_t* h16, const float* f32, idx_t off, int l) -> float {
-      switch (s.storage) {
-        case CodebookStorage::F16:
-          return detail::half_to_float(h16[off + l]);
-        case CodebookStorage::BF16:
-          return detail::bf16_to_float(h16[off + l]);
-        default:
-          return f32[off + l];
-      }
+    const detail::LoadFn load = detail::loader(s.storage);
+    // Column c's weight vector (nl of its v rows) scaled and biased into rows o[l * N_].
+    auto put = [&](float* o, int nl, idx_t c, idx_t off, idx_t roff) {
+      float wv[16];
+      detail::weight_vector(load, s.cb(), off, s.rcb(), roff, nl, wv);
+      const idx_t j = perm_[static_cast<std::size_t>(s.col_begin + c)];
+      const float sc = scale_[static_cast<std::size_t>(j)];
+      const float bi = nbias_.empty() ? 0.0f : nbias_[static_cast<std::size_t>(j)];
+      for (int l = 0; l < nl; ++l) o[l * N_ + j] = wv[l] * sc + bi;
     };
     const idx_t th = s.tile_rows();
     const idx_t first = row0 / th;
@@ -665,17 +654,8 @@ void GemvPlan::dequantize_task(idx_t t, float* out) const {
           const std::uint32_t w = a.ent[e];
           if ((w & 0xffffu) == a.dummy_col) return;
           const idx_t rstart = (tt * s.rb + a.gblk[static_cast<std::size_t>(g) * a.G + l]) * s.v;
-          const int nl = static_cast<int>(std::min<idx_t>(s.v, M_ - rstart));
-          const idx_t j = perm_[static_cast<std::size_t>(s.col_begin + (w & 0xffffu))];
-          const float sc = scale_[static_cast<std::size_t>(j)];
-          const float bi = nbias_.empty() ? 0.0f : nbias_[static_cast<std::size_t>(j)];
-          const idx_t off = q * a.chunk_elems + (w >> 16);
-          float* o = out + (rstart - row0) * N_;
-          for (int i = 0; i < nl; ++i) {
-            float qv = entry(cb16, s.cb32.data(), off, i);
-            if (s.kr > 0) qv += entry(rcb16, s.rcb32.data(), static_cast<idx_t>(a.rent[e]) * mult, i);
-            o[i * N_ + j] = qv * sc + bi;
-          }
+          put(out + (rstart - row0) * N_, static_cast<int>(std::min<idx_t>(s.v, M_ - rstart)), w & 0xffffu,
+              q * a.chunk_elems + (w >> 16), s.kr > 0 ? static_cast<idx_t>(a.rent[e]) * mult : 0);
         });
       }
       continue;
@@ -689,17 +669,7 @@ void GemvPlan::dequantize_task(idx_t t, float* out) const {
         float* o = out + (rstart - row0) * N_;
         for (idx_t c = 0; c < s.cols; ++c) {
           const std::size_t pos = static_cast<std::size_t>((tt * s.cols + c) * s.rb + r);
-          const idx_t j = perm_[static_cast<std::size_t>(s.col_begin + c)];
-          const float sc = scale_[static_cast<std::size_t>(j)];
-          const float bi = nbias_.empty() ? 0.0f : nbias_[static_cast<std::size_t>(j)];
-          const idx_t off = static_cast<idx_t>(s.idx[pos]) * mult;
-          if (s.kr > 0) {
-            const idx_t roff = static_cast<idx_t>(s.ridx[pos]) * mult;
-            for (int l = 0; l < nl; ++l)
-              o[l * N_ + j] = (entry(cb16, s.cb32.data(), off, l) + entry(rcb16, s.rcb32.data(), roff, l)) * sc + bi;
-          } else {
-            for (int l = 0; l < nl; ++l) o[l * N_ + j] = entry(cb16, s.cb32.data(), off, l) * sc + bi;
-          }
+          put(o, nl, c, static_cast<idx_t>(s.idx[pos]) * mult, s.kr > 0 ? static_cast<idx_t>(s.ridx[pos]) * mult : 0);
         }
       }
   }
