@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <random>
 #include <string>
 #include <utility>
@@ -28,7 +27,6 @@ constexpr int kN = 4096;    // columns
 constexpr int kRB = 342;    // row blocks of 12 rows (4096 rows)
 constexpr int kVP = 16;     // fp16 values per padded entry
 constexpr int kGroup = 4;   // lists per register group in the sorted form
-constexpr int kRBS = 4;     // row blocks per register tile in the direct form (one 64-bit index load)
 
 struct Codebooks {
   std::vector<std::uint16_t> main, res;  // k * kVP halves each
@@ -44,8 +42,6 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256 entry8(const std::uint16_
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-/// Direct form: tiles of kRBS row blocks; per column one x broadcast, the tile's indices
-/// (main and residual, kRBS each, adjacent), and per block two lookups, an add and an FMA.
 /// One group of the sorted form: kGroup lists (row blocks rb0..) of len rounds each, all
 /// lookups in main chunk cm and residual chunk cr. Entry: column (12 bits) | main entry in
 /// chunk (10 bits) | residual entry in chunk (10 bits).
