@@ -21,18 +21,32 @@ def _is_tensor_like(x: Any) -> bool:
     return not isinstance(x, np.ndarray) and all(hasattr(x, a) for a in ("detach", "cpu", "numpy"))
 
 
-def _to_numpy(x: Any, name: str) -> np.ndarray:
+def tensor_to_numpy(x: Any, what: str) -> np.ndarray:
+    """numpy form of a numpy array (as is), a numpy scalar or a torch tensor of any dtype (moved to
+    the CPU, bfloat16 widened to float32: numpy has none). ``what`` names the argument in the
+    TypeError raised for anything else."""
     if isinstance(x, np.ndarray):
         return x
+    if _is_tensor_like(x):
+        t = x.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        return np.asarray(t.numpy())
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    raise TypeError(f"{what}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+def _to_numpy(x: Any, name: str) -> np.ndarray:
     if _is_tensor_like(x):
         dt = str(getattr(x, "dtype", "unknown"))
         if dt not in _TORCH_FLOATS:
             raise TypeError(f"{name}: expected a tensor of dtype {_EXPECTED} (or bfloat16), got {dt}")
-        t = x.detach().cpu()
-        if dt in _TORCH_HALF:  # numpy has no bfloat16; float16 goes the same way for uniformity
-            t = t.float()
-        return np.asarray(t.numpy())
-    raise TypeError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+        if dt == "torch.float16":  # widened like bfloat16, for uniformity
+            x = x.detach().cpu().float()
+    elif isinstance(x, np.generic):
+        raise TypeError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+    return tensor_to_numpy(x, name)
 
 
 def as_float_array(

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import tensor_to_numpy
 from .quantize import LAYER_CONFIG_KEYS, QuantizedWeight
 
 __all__ = [
@@ -63,20 +64,6 @@ class CheckpointExistsError(FileExistsError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _to_numpy(t: Any, name: str) -> np.ndarray:
-    """numpy array of a numpy array or a (CPU) torch tensor; bfloat16 is widened to float32."""
-    if isinstance(t, np.ndarray):
-        return t
-    if hasattr(t, "detach") and hasattr(t, "numpy"):
-        t = t.detach().cpu()
-        if str(t.dtype) == "torch.bfloat16":
-            t = t.float()
-        return t.numpy()
-    if isinstance(t, np.generic):
-        return np.asarray(t)
-    raise TypeError(f"tensor {name!r}: expected a numpy array or torch tensor, got {type(t).__name__}")
-
-
 def _jsonable(x: Any) -> Any:
     """Plain-JSON version of x (numpy scalars/arrays, tuples, Paths; NaN/Inf -> None)."""
     if isinstance(x, Mapping):
@@ -230,7 +217,7 @@ def _build_tensors(
     for name, t in state.items():
         if name in out:
             raise ValueError(f"tensor name {name!r} of the model collides with a quantized layer tensor")
-        a = _to_numpy(t, name)
+        a = tensor_to_numpy(t, f"tensor {name!r}")
         if a.dtype.kind == "f":
             a = a.astype(fdt, copy=False)
         out[name] = np.ascontiguousarray(a)

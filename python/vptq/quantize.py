@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._arrays import as_float_array
+from ._arrays import as_float_array, tensor_to_numpy
 from .config import QuantConfig
 from .hessian import Hessian, hessian_for, prepare_hessian, proxy_loss
 
@@ -22,20 +22,8 @@ LAYER_CONFIG_KEYS = (
 _FLOAT_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-def _to_numpy(t: Any, name: str) -> np.ndarray:
-    """numpy view of a numpy array or a CPU torch tensor (bf16 widened to float32)."""
-    if isinstance(t, np.ndarray):
-        return t
-    if hasattr(t, "detach") and hasattr(t, "numpy"):
-        t = t.detach().cpu()
-        if str(t.dtype) == "torch.bfloat16":
-            t = t.float()
-        return t.numpy()
-    raise TypeError(f"state dict entry {name!r}: expected a numpy array or torch tensor, got {type(t).__name__}")
-
-
 def _as_codebook(t: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    a = _to_numpy(t, name)
+    a = tensor_to_numpy(t, f"state dict entry {name!r}")
     if a.dtype.kind != "f":
         raise TypeError(f"state dict entry {name!r}: expected a float tensor, got dtype {a.dtype}")
     if a.shape != shape:
@@ -47,7 +35,7 @@ def _as_codebook(t: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _as_bits(t: Any, name: str, shape: tuple[int, ...], dtypes: tuple[type, ...], view: type) -> np.ndarray:
-    a = _to_numpy(t, name)
+    a = tensor_to_numpy(t, f"state dict entry {name!r}")
     if a.dtype.type not in dtypes:
         raise TypeError(f"state dict entry {name!r}: expected dtype {'/'.join(np.dtype(d).name for d in dtypes)}, "
                         f"got {a.dtype}")
@@ -265,7 +253,7 @@ class QuantizedWeight:
                                              (1, L["num_outlier_indices"], L["outlier_size"]),
                                              (np.int16, np.uint16), np.uint16)[0]
         if layer_config["enable_perm"]:
-            p = _to_numpy(tensors["perm"], "perm")
+            p = tensor_to_numpy(tensors["perm"], "state dict entry 'perm'")
             if p.dtype.type in (np.int16, np.uint16):
                 perm = _as_bits(p, "perm", (N,), (np.int16, np.uint16), np.uint16).astype(np.int64)
             elif p.dtype.type in (np.int32, np.int64):

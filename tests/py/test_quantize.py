@@ -236,6 +236,10 @@ def test_from_state_dict_rejects_corrupt_input(layer: tuple[np.ndarray, np.ndarr
         QuantizedWeight.from_state_dict({**sd, "indices": sd["indices"].astype(np.float32)}, cfg)
     with pytest.raises(TypeError, match="float"):
         QuantizedWeight.from_state_dict({**sd, "centroids.weight": sd["centroids.weight"].astype(np.int16)}, cfg)
+    with pytest.raises(TypeError, match=r"state dict entry 'indices': expected a numpy array or a torch tensor"):
+        QuantizedWeight.from_state_dict({**sd, "indices": sd["indices"].tolist()}, cfg)
+    with pytest.raises(TypeError, match=r"state dict entry 'perm': expected a numpy array or a torch tensor"):
+        QuantizedWeight.from_state_dict({**sd, "perm": sd["perm"].tolist()}, cfg)
     perm = sd["perm"].copy()
     perm[0] = perm[1]
     with pytest.raises(ValueError, match="perm"):
