@@ -7,6 +7,8 @@
 // A constant group c is stored exactly: scale = |c| (1 if c = 0), zero = 1 if c < 0 else 0.
 #include "vptq/baselines.h"
 
+#include "blas_threads.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -85,18 +87,6 @@ ScalarQuantResult start_result(const char* fn, const float* W, idx_t M, idx_t N,
   return r;
 }
 
-/// Runs BLAS single-threaded for its lifetime (we parallelise over row blocks ourselves).
-class BlasSingleThread {
- public:
-  BlasSingleThread() : prev_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~BlasSingleThread() { openblas_set_num_threads(prev_); }
-  BlasSingleThread(const BlasSingleThread&) = delete;
-  BlasSingleThread& operator=(const BlasSingleThread&) = delete;
-
- private:
-  int prev_;
-};
-
 }  // namespace
 
 void ScalarQuantResult::dequantize(float* out) const {
@@ -172,7 +162,7 @@ ScalarQuantResult gptq_quantize(const float* W, idx_t M, idx_t N, const Prepared
   const idx_t* perm = H.perm.data();
   for (idx_t p = 0; p < N; ++p) r.g_idx[static_cast<std::size_t>(perm[p])] = static_cast<std::int32_t>(p / gs);
 
-  BlasSingleThread blas1;
+  detail::BlasSingleThread blas1;
   parallel_for_dynamic((M + kGptqRows - 1) / kGptqRows, [&](idx_t b) {
     const idx_t r0 = b * kGptqRows;
     const idx_t nr = std::min(M, r0 + kGptqRows) - r0;

@@ -7,6 +7,8 @@
 // number of threads.
 #include "vptq/hessian.h"
 
+#include "blas_threads.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -27,18 +29,6 @@ namespace {
 
 /// Column tile of the accumulator, the tiled Cholesky and the tiled inverse.
 constexpr idx_t kTile = 128;
-
-/// Runs BLAS single-threaded for its lifetime (we parallelise over tiles ourselves).
-class BlasSingleThread {
- public:
-  BlasSingleThread() : prev_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~BlasSingleThread() { openblas_set_num_threads(prev_); }
-  BlasSingleThread(const BlasSingleThread&) = delete;
-  BlasSingleThread& operator=(const BlasSingleThread&) = delete;
-
- private:
-  int prev_;
-};
 
 idx_t num_tiles(idx_t n) { return (n + kTile - 1) / kTile; }
 
@@ -167,7 +157,7 @@ void HessianAccumulator::add_batch(const float* x, idx_t rows) {
   check_finite_batch(x, rows, n_);
   const idx_t chunk = std::min(rows, float_chunk_rows(n_));
   std::vector<double> buf(static_cast<std::size_t>(chunk * n_));
-  BlasSingleThread blas1;
+  detail::BlasSingleThread blas1;
   for (idx_t r0 = 0; r0 < rows; r0 += chunk) {
     const idx_t r = std::min(chunk, rows - r0);
     const float* src = x + r0 * n_;
@@ -185,7 +175,7 @@ void HessianAccumulator::add_batch(const double* x, idx_t rows) {
   VPTQ_CHECK(rows <= (idx_t{1} << 30), "HessianAccumulator::add_batch: expected at most 2^30 rows per batch, got ",
              rows);
   check_finite_batch(x, rows, n_);
-  BlasSingleThread blas1;
+  detail::BlasSingleThread blas1;
   syrk_lower_tiled(S_.data(), x, rows, n_);
   count_ += rows;
   symmetric_ = false;
@@ -335,7 +325,7 @@ PreparedHessian prepare_hessian(const double* Hin, idx_t n, const HessianPrepPar
   std::string tried;
   double rel = params.percdamp;
   const double limit = params.max_percdamp * (1 + 1e-9);
-  BlasSingleThread blas1;
+  detail::BlasSingleThread blas1;
   for (;;) {
     // work = J (H + rel·I) J, J = reversal (column-major == row-major: symmetric).
     for_row_tiles(n, [&](idx_t a) {
@@ -369,7 +359,7 @@ double proxy_loss(const float* W, const float* Wq, idx_t M, idx_t N, const doubl
   const idx_t chunk = std::min(M, float_chunk_rows(N));
   std::vector<double> G(static_cast<std::size_t>(N * N), 0.0);  // lower triangle of Dᵀ D
   std::vector<double> D(static_cast<std::size_t>(chunk * N));   // [chunk, N] rows of W - Wq
-  BlasSingleThread blas1;
+  detail::BlasSingleThread blas1;
   for (idx_t r0 = 0; r0 < M; r0 += chunk) {
     const idx_t r = std::min(chunk, M - r0);
     for (idx_t i = 0; i < r * N; ++i) {
