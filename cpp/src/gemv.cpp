@@ -92,14 +92,30 @@ void weight_vector(Load load, const void* cb, idx_t off, const void* rcb, idx_t 
   for (int l = 0; l < n; ++l) w[l] = rcb != nullptr ? load(cb, off + l) + load(rcb, roff + l) : load(cb, off + l);
 }
 
-/// Visits a sorted tile's lookups: f(chunk q, group g, slot l, round r, entry index e).
+/// One lookup of a sorted tile, decoded: section-local column (dummy_col for padding),
+/// main and residual element offsets, tile-local row block.
+struct SortedLookup {
+  idx_t col, off, roff, blk;
+};
+
+/// Visits a sorted tile's lookups list by list, each list in column order:
+/// f(lookup, first of its list, last of its list).
 template <class F>
 void for_each_sorted(const TileArgs& a, F f) {
+  const idx_t rmult = a.premul ? 1 : a.vp;
+  const auto G = static_cast<std::size_t>(a.G);
   for (idx_t q = 0; q < a.num_chunks; ++q)
     for (std::uint32_t g = a.gstart[q]; g < a.gstart[q + 1]; ++g)
-      for (int l = 0; l < a.G; ++l)
-        for (std::uint32_t r = a.gfirst[g]; r < a.gfirst[g + 1]; ++r)
-          f(q, g, l, r, static_cast<std::size_t>(r) * static_cast<std::size_t>(a.G) + static_cast<std::size_t>(l));
+      for (std::size_t l = 0; l < G; ++l) {
+        const idx_t blk = a.gblk[g * G + l];
+        for (std::uint32_t r = a.gfirst[g]; r < a.gfirst[g + 1]; ++r) {
+          const std::size_t e = r * G + l;
+          const std::uint32_t w = a.ent[e];
+          const idx_t roff = a.rent != nullptr ? static_cast<idx_t>(a.rent[e]) * rmult : 0;
+          f(SortedLookup{sorted_col(w), q * a.chunk_elems + sorted_off(w), roff, blk}, r == a.gfirst[g],
+            r + 1 == a.gfirst[g + 1]);
+        }
+      }
 }
 
 /// Scalar form of the sorted kernels: per list, a partial sum (sequential in c) added
@@ -108,20 +124,17 @@ template <class Load>
 void sorted_scalar_body(const TileArgs& a, const float* xs, idx_t ldx, idx_t batch, float* acc, idx_t ld,
                         Load load) {
   const int v = a.v;
-  const idx_t rmult = a.premul ? 1 : a.vp;
   for (idx_t b = 0; b < batch; ++b) {
     float part[16] = {};
-    for_each_sorted(a, [&](idx_t q, std::uint32_t g, int l, std::uint32_t r, std::size_t e) {
-      if (r == a.gfirst[g])
+    for_each_sorted(a, [&](const SortedLookup& k, bool first, bool last) {
+      if (first)
         for (int i = 0; i < v; ++i) part[i] = 0.0f;
-      const std::uint32_t w = a.ent[e];
-      const float x = xs[b * ldx + (w & 0xffffu)];
-      const idx_t roff = a.rent != nullptr ? static_cast<idx_t>(a.rent[e]) * rmult : 0;
+      const float x = xs[b * ldx + k.col];
       float wv[16];
-      weight_vector(load, a.cb, q * a.chunk_elems + (w >> 16), a.rcb, roff, v, wv);
+      weight_vector(load, a.cb, k.off, a.rcb, k.roff, v, wv);
       for (int i = 0; i < v; ++i) part[i] += x * wv[i];
-      if (r + 1 == a.gfirst[g + 1]) {
-        float* o = acc + b * ld + static_cast<idx_t>(a.gblk[static_cast<std::size_t>(g) * a.G + l]) * v;
+      if (last) {
+        float* o = acc + b * ld + k.blk * v;
         for (int i = 0; i < v; ++i) o[i] += part[i];
       }
     });
@@ -265,7 +278,7 @@ void build_sorted(GemvSection* s, const std::uint16_t* idx, const std::uint16_t*
       for (idx_t c = 0; c < cols; ++c) {
         const idx_t i = idx[(b0 + b) * cols + c];
         const std::size_t at = static_cast<std::size_t>(fill[static_cast<std::size_t>(i / E * TB + b)]++);
-        te[at] = static_cast<std::uint32_t>(c) | static_cast<std::uint32_t>((i % E) * s->vp) << 16;
+        te[at] = sorted_word(static_cast<std::uint32_t>(c), static_cast<std::uint32_t>((i % E) * s->vp));
         if (res) tr[at] = static_cast<std::uint16_t>(ridx[(b0 + b) * cols + c] * rmult);
       }
     for (idx_t q = 0; q < Q; ++q) {
@@ -354,13 +367,12 @@ TileArgs tile_args(const GemvSection& s, idx_t tile) {
   a.buf_min_batch = s.buf_min_batch;
   a.cb = s.cb();
   a.rcb = s.rcb();
+  a.k = s.k;
+  a.kr = s.kr;
   if (!s.sorted) {
     a.idx = s.idx.data() + tile * s.cols * s.rb;
     a.ridx = s.kr > 0 ? s.ridx.data() + tile * s.cols * s.rb : nullptr;
-  }
-  a.k = s.k;
-  a.kr = s.kr;
-  if (s.sorted) {
+  } else {
     a.sorted = true;
     a.G = s.sl.G;
     a.num_chunks = s.sl.num_chunks;
@@ -379,13 +391,9 @@ template <class Load>
 void dequant_t_body(const TileArgs& a, float* qt, idx_t ldq, Load load) {
   const idx_t mult = a.premul ? 1 : a.vp;
   if (a.sorted) {
-    for_each_sorted(a, [&](idx_t q, std::uint32_t g, int l, std::uint32_t, std::size_t e) {
-      const std::uint32_t w = a.ent[e];
-      const idx_t blk = a.gblk[static_cast<std::size_t>(g) * a.G + l];
-      if ((w & 0xffffu) == a.dummy_col || blk < a.blk_lo || blk >= a.blk_hi) return;
-      weight_vector(load, a.cb, q * a.chunk_elems + (w >> 16), a.rcb,
-                    a.rent != nullptr ? static_cast<idx_t>(a.rent[e]) * mult : 0, a.v,
-                    qt + static_cast<idx_t>(w & 0xffffu) * ldq + (blk - a.blk_lo) * a.v);
+    for_each_sorted(a, [&](const SortedLookup& k, bool, bool) {
+      if (k.col == a.dummy_col || k.blk < a.blk_lo || k.blk >= a.blk_hi) return;
+      weight_vector(load, a.cb, k.off, a.rcb, k.roff, a.v, qt + k.col * ldq + (k.blk - a.blk_lo) * a.v);
     });
     return;
   }
@@ -650,12 +658,10 @@ void GemvPlan::dequantize_task(idx_t t, float* out) const {
     if (s.sorted) {
       for (idx_t tt = first; tt < last; ++tt) {
         const detail::TileArgs a = detail::tile_args(s, tt);
-        detail::for_each_sorted(a, [&](idx_t q, std::uint32_t g, int l, std::uint32_t, std::size_t e) {
-          const std::uint32_t w = a.ent[e];
-          if ((w & 0xffffu) == a.dummy_col) return;
-          const idx_t rstart = (tt * s.rb + a.gblk[static_cast<std::size_t>(g) * a.G + l]) * s.v;
-          put(out + (rstart - row0) * N_, static_cast<int>(std::min<idx_t>(s.v, M_ - rstart)), w & 0xffffu,
-              q * a.chunk_elems + (w >> 16), s.kr > 0 ? static_cast<idx_t>(a.rent[e]) * mult : 0);
+        detail::for_each_sorted(a, [&](const detail::SortedLookup& k, bool, bool) {
+          if (k.col == a.dummy_col) return;
+          const idx_t rstart = (tt * s.rb + k.blk) * s.v;
+          put(out + (rstart - row0) * N_, static_cast<int>(std::min<idx_t>(s.v, M_ - rstart)), k.col, k.off, k.roff);
         });
       }
       continue;

@@ -54,6 +54,12 @@ struct SortedLayout {
   std::vector<std::uint16_t> rent;       ///< [rounds * G] residual index (times vp if premul); empty without
 };
 
+/// SortedLayout::ent word of a lookup: section-local column (dummy_col for padding) in the
+/// low 16 bits, element offset of the main entry within its chunk in the high 16 bits.
+constexpr std::uint32_t sorted_word(std::uint32_t col, std::uint32_t off) { return col | off << 16; }
+constexpr std::uint32_t sorted_col(std::uint32_t w) { return w & 0xffffu; }
+constexpr std::uint32_t sorted_off(std::uint32_t w) { return w >> 16; }
+
 /// One block of permuted columns sharing a codebook: the outliers or one group.
 struct GemvSection {
   int v = 0;     ///< vector length (rows per block)

@@ -308,8 +308,8 @@ inline void sorted_pass(const TileArgs& a, const void* cbq, std::uint32_t g, int
 #pragma GCC unroll 8
     for (int l = 0; l < SG; ++l) {
       const std::uint32_t w = sorted_entry<(BT == 1 && SG % 2 == 0)>(e, l, pair);
-      const float* xc = xs + (w & 0xffffu);
-      const std::uint32_t off = w >> 16;
+      const float* xc = xs + sorted_col(w);
+      const std::uint32_t off = sorted_off(w);
       std::uint32_t roff = 0;
       if constexpr (RES) roff = RPRE ? re[l] : static_cast<std::uint32_t>(re[l]) * VP;
 #pragma GCC unroll 2
@@ -443,12 +443,12 @@ void dequant_t_impl(const TileArgs& a, float* qt, idx_t ldq) {
           for (std::size_t e = a.gfirst[g] * static_cast<std::size_t>(a.G) + static_cast<std::size_t>(l);
                e < a.gfirst[g + 1] * static_cast<std::size_t>(a.G); e += static_cast<std::size_t>(a.G)) {
             const std::uint32_t w = a.ent[e];
-            if ((w & 0xffffu) == a.dummy_col) continue;
-            float* o = ob + static_cast<idx_t>(w & 0xffffu) * ldq;
+            if (sorted_col(w) == a.dummy_col) continue;
+            float* o = ob + static_cast<idx_t>(sorted_col(w)) * ldq;
             const std::uint32_t roff = !RES ? 0 : PRE ? a.rent[e] : static_cast<std::uint32_t>(a.rent[e]) * VP;
 #pragma GCC unroll 2
             for (int h = 0; h < NV; ++h)
-              _mm256_maskstore_ps(o + 8 * h, masks[h], weight8<S, RES>(cbq, w >> 16, a.rcb, roff, h));
+              _mm256_maskstore_ps(o + 8 * h, masks[h], weight8<S, RES>(cbq, sorted_off(w), a.rcb, roff, h));
           }
         }
     }
