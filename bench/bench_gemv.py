@@ -66,7 +66,7 @@ def best_time(fn: Callable[[], Any], budget: float = 0.25, min_reps: int = 3, ma
 def make_layer(M: int, N: int, cfg: tuple[int, int, int, float, int, int], seed: int) -> Any:
     import vptq  # noqa: F401  (VPTQ_EXT_DIR hook)
     from vptq import _core
-    from vptq.layers import QuantizedLinear
+    from vptq.runtime.layers import QuantizedLinear
 
     v, k1, k2, opct, v0, k0 = cfg
     rng = np.random.default_rng(seed)

@@ -26,7 +26,7 @@ import numpy as np
 
 import vptq
 from vptq import _core
-from vptq.kmeans import kmeans, nearest_centroid
+from vptq.quant.kmeans import kmeans, nearest_centroid
 
 
 def make_data(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

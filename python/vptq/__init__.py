@@ -11,15 +11,15 @@ if _os.environ.get("VPTQ_EXT_DIR"):
 
 from . import _core
 from ._core import NumericalError
-from .baselines import ScalarQuantized, gptq, rtn
 from .config import PRESETS, QuantConfig
-from .evaluate import DecodeSpeed, PerplexityResult, decode_speed, perplexity
-from .hessian import Hessian, PreparedHessian, prepare_hessian, proxy_loss
-from .io import CheckpointExistsError, load_model, load_quantized_state, save_quantized
-from .kmeans import KMeansResult, kmeans, nearest_centroid
-from .layers import QuantizedLinear
-from .pipeline import quantize_model
-from .quantize import QuantizedWeight, quantize_weight
+from .formats.checkpoint import CheckpointExistsError, load_model, load_quantized_state, save_quantized
+from .models.evaluate import DecodeSpeed, PerplexityResult, decode_speed, perplexity
+from .models.pipeline import quantize_model
+from .quant.baselines import ScalarQuantized, gptq, rtn
+from .quant.hessian import Hessian, PreparedHessian, prepare_hessian, proxy_loss
+from .quant.kmeans import KMeansResult, kmeans, nearest_centroid
+from .quant.quantize import QuantizedWeight, quantize_weight
+from .runtime.layers import QuantizedLinear
 
 __version__ = "0.1.0"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import vptq
-from vptq.baselines import ScalarQuantized, gptq, rtn
-from vptq.hessian import Hessian, proxy_loss
+from vptq.quant.baselines import ScalarQuantized, gptq, rtn
+from vptq.quant.hessian import Hessian, proxy_loss
 
 
 def _weights(M: int, N: int, seed: int) -> np.ndarray:

@@ -17,8 +17,9 @@ pytest.importorskip("safetensors")
 
 import vptq
 from tiny_hf import byte_tokenizer, one_thread  # noqa: F401 (one_thread is a fixture)
-from vptq import calib, demo, pipeline
-from vptq.__main__ import main
+from vptq.cli import demo
+from vptq.cli.main import main
+from vptq.models import calib, pipeline
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 3 + "Pack my box with five dozen liquor jugs.\n") * 30
 
@@ -100,14 +101,14 @@ def test_quantize_and_eval_default_to_disjoint_splits(hf_dir: Path, text_file: P
         seen["calib"] = kw["calib_text"]
         return real_quantize(*a, **kw)
 
-    real_ppl = vptq.evaluate.perplexity
+    real_ppl = vptq.models.evaluate.perplexity
 
     def spy_ppl(model: Any, tok: Any, ids: Any, **kw: Any) -> Any:
         seen["eval"] = tok.decode(list(ids))
         return real_ppl(model, tok, ids, **kw)
 
     monkeypatch.setattr(pipeline, "quantize_model", spy_quantize)
-    monkeypatch.setattr(vptq.evaluate, "perplexity", spy_ppl)
+    monkeypatch.setattr(vptq.models.evaluate, "perplexity", spy_ppl)
     out = tmp_path / "q"
     assert main(["quantize", str(hf_dir), "--config", "v4-k16-0", "--calib", str(text_file), "--out", str(out),
                  "--segments", "2", "--seq-len", "16", "--kmeans-iters", "2", "--no-progress"]) == 0
@@ -377,7 +378,7 @@ def test_model_demo_runs_end_to_end_on_a_tiny_model(hf_dir: Path, text_file: Pat
     assert (out / "config.json").is_file()
     # the table reports the reloaded checkpoint: same perplexity as evaluating it directly
     qmodel, qtok = vptq.load_model(out)
-    ids = vptq.evaluate.tokenize(qtok, calib.split_text(TEXT)[1])
+    ids = vptq.models.evaluate.tokenize(qtok, calib.split_text(TEXT)[1])
     assert vptq.perplexity(qmodel, qtok, ids, seq_len=32, max_windows=2).ppl == pytest.approx(r.rows[1].ppl)
     assert r.vptq_speed["new_tokens"] == 3
     assert r.peak_rss_mib > 0

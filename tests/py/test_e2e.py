@@ -16,11 +16,11 @@ for _mod, _why in (("torch", "torch"), ("transformers", "transformers"), ("gguf"
     pytest.importorskip(_mod, reason=f"end-to-end test needs {_why}")
 
 import vptq
-from vptq import calib
-from vptq.__main__ import main
-from vptq.evaluate import perplexity, tokenize
-from vptq.pipeline import quantize_model
-from vptq.torch import QuantizedLinear
+from vptq.cli.main import main
+from vptq.models import calib
+from vptq.models.evaluate import perplexity, tokenize
+from vptq.models.pipeline import quantize_model
+from vptq.runtime.torch import QuantizedLinear
 
 SEGMENTS, SEQ_LEN, KMEANS_ITERS = 4, 128, 8  # small calibration: the test must stay within minutes
 EVAL_SEQ_LEN, EVAL_WINDOWS = 256, 4

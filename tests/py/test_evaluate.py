@@ -14,10 +14,10 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from tiny_hf import byte_tokenizer, one_thread  # noqa: F401 (one_thread is a fixture)
-from vptq.calib import default_text
 from vptq.config import QuantConfig
-from vptq.evaluate import DecodeSpeed, PerplexityResult, decode_speed, perplexity, tokenize
-from vptq.quantize import quantize_weight
+from vptq.models.calib import default_text
+from vptq.models.evaluate import DecodeSpeed, PerplexityResult, decode_speed, perplexity, tokenize
+from vptq.quant.quantize import quantize_weight
 
 TEXT = default_text()[:2000]
 
@@ -158,7 +158,7 @@ def test_decode_speed_greedy(model: Any, tokenizer: Any) -> None:
 
 def test_quantized_model_perplexity(model: Any, tokenizer: Any, tmp_path: Path) -> None:
     """A saved and reloaded VPTQ model scores like its dequantized dense equivalent."""
-    from vptq.io import load_model, save_quantized
+    from vptq.formats.checkpoint import load_model, save_quantized
 
     rng = np.random.default_rng(0)
     cfg = QuantConfig(vector_len=4, num_centroids=16, num_res_centroids=8, kmeans_iters=5)

@@ -14,7 +14,7 @@ import pytest
 
 import vptq
 from vptq import _core
-from vptq.layers import QuantizedLinear
+from vptq.runtime.layers import QuantizedLinear
 
 LEVELS = [lv for lv in ("avx2", "avx512") if vptq.cpu_features().get(
     {"avx2": "avx2", "avx512": "avx512f"}[lv], False) and (lv != "avx512" or vptq.cpu_features()["avx512bw"])]
@@ -217,7 +217,7 @@ def test_concurrent_calls_from_threads() -> None:
 
 
 def test_from_quantized_weight_and_state_dict() -> None:
-    from vptq.quantize import QuantizedWeight
+    from vptq.quant.quantize import QuantizedWeight
 
     d = random_vq(40, 32, 8, 256, 256, 10.0, 4, 16, 1, seed=9, f16=True)
     qw = QuantizedWeight(d["layout"], d["centroids"], d["indices"], res_centroids=d["res_centroids"],
@@ -255,7 +255,7 @@ def test_cpu_features_reports_levels() -> None:
 
 def test_torch_module_imports_without_torch() -> None:
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import vptq.torch as vt\n"
+            "import vptq.runtime.torch as vt\n"
             "try:\n    vt.QuantizedLinear\nexcept ImportError as e:\n    print('ImportError', e)\n")
     env = dict(os.environ)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
@@ -265,7 +265,7 @@ def test_torch_module_imports_without_torch() -> None:
 
 def test_torch_quantized_linear() -> None:
     torch = pytest.importorskip("torch")
-    import vptq.torch as vt
+    import vptq.runtime.torch as vt
 
     d = random_vq(50, 32, 8, 256, 0, seed=10)
     inner = QuantizedLinear.from_arrays(**d)
@@ -292,7 +292,7 @@ def test_torch_quantized_linear_fast_path_edges() -> None:
     """The float32 fast path and the general path give the same results; inputs the fast path
     must not take (non-contiguous, requiring grad, 1-D, empty) behave as documented."""
     torch = pytest.importorskip("torch")
-    import vptq.torch as vt
+    import vptq.runtime.torch as vt
 
     inner = QuantizedLinear.from_arrays(**random_vq(50, 32, 8, 256, 16, seed=12))
     m = vt.QuantizedLinear(inner)
@@ -311,8 +311,8 @@ def test_torch_quantized_linear_fast_path_edges() -> None:
 
 def test_torch_from_linear_matches_dense() -> None:
     torch = pytest.importorskip("torch")
-    import vptq.torch as vt
-    from vptq.quantize import QuantizedWeight
+    import vptq.runtime.torch as vt
+    from vptq.quant.quantize import QuantizedWeight
 
     d = random_vq(24, 40, 8, 16, 16, seed=11)
     qw = QuantizedWeight(d["layout"], d["centroids"], d["indices"], res_centroids=d["res_centroids"],

@@ -7,7 +7,7 @@ import pytest
 
 import vptq
 from vptq import _core
-from vptq.hessian import Hessian, PreparedHessian, prepare_hessian, proxy_loss
+from vptq.quant.hessian import Hessian, PreparedHessian, prepare_hessian, proxy_loss
 
 
 def _activations(rows: int, n: int, seed: int) -> np.ndarray:

@@ -17,9 +17,9 @@ import pytest
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 import vptq
-from vptq import io as vio
 from vptq.config import QuantConfig
-from vptq.quantize import LAYER_CONFIG_KEYS, QuantizedWeight, quantize_weight
+from vptq.formats import checkpoint as vio
+from vptq.quant.quantize import LAYER_CONFIG_KEYS, QuantizedWeight, quantize_weight
 
 # Per-leaf configs covering residual / outliers + groups / no norm / no perm.
 LEAF_CONFIGS = {
@@ -278,7 +278,7 @@ def test_load_state_round_trip(saved: dict[str, Any]) -> None:
 def test_load_model_logits_match_dequantized(which: str, request: pytest.FixtureRequest) -> None:
     torch = pytest.importorskip("torch")
     s = request.getfixturevalue(which)
-    from vptq.torch import QuantizedLinear
+    from vptq.runtime.torch import QuantizedLinear
 
     model, tok = vio.load_model(s["dir"])
     assert (tok is not None) == (which == "saved")

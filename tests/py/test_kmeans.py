@@ -7,7 +7,7 @@ import pytest
 
 import vptq
 from vptq import _core
-from vptq.kmeans import KMeansResult, kmeans, nearest_centroid
+from vptq.quant.kmeans import KMeansResult, kmeans, nearest_centroid
 
 
 def _realistic(n: int, d: int, seed: int) -> np.ndarray:

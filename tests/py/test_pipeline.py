@@ -16,10 +16,10 @@ tokenizers = pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
 
 from tiny_hf import byte_tokenizer, one_thread  # noqa: F401 (one_thread is a fixture)
-from vptq import pipeline
-from vptq.__main__ import main
+from vptq.cli.main import main
 from vptq.config import QuantConfig
-from vptq.quantize import QuantizedWeight
+from vptq.models import pipeline
+from vptq.quant.quantize import QuantizedWeight
 
 CFG = QuantConfig(vector_len=4, num_centroids=16, kmeans_iters=5)
 LEAVES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from ._arrays import as_float_array, tensor_to_numpy
-from .config import QuantConfig
+from .. import _core
+from .._arrays import as_float_array, tensor_to_numpy
+from ..config import QuantConfig
 from .hessian import Hessian, hessian_for, prepare_hessian, proxy_loss
 
 #: Keys of the official per-layer config (``quantization_config.config_for_layers[name]``).

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .hessian import Hessian
+from ..quant.hessian import Hessian
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

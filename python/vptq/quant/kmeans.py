@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _core
-from ._arrays import as_float_array, check_float, check_int
+from .. import _core
+from .._arrays import as_float_array, check_float, check_int
 
 _INITS = ("random", "k-means++")
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from .baselines import ScalarQuantized, gptq, rtn
-from .config import QuantConfig
-from .hessian import Hessian, proxy_loss
-from .quantize import QuantizedWeight, quantize_weight
+from ..config import QuantConfig
+from ..quant.baselines import ScalarQuantized, gptq, rtn
+from ..quant.hessian import Hessian, proxy_loss
+from ..quant.quantize import QuantizedWeight, quantize_weight
 
 __all__ = ["METHODS", "check_config_fits", "decoder_blocks", "quantize_model", "resolve_config"]
 
@@ -94,7 +94,7 @@ def check_config_fits(config: QuantConfig, out_features: int, in_features: int) 
     """ValueError saying why ``config`` cannot quantize a W[out_features, in_features] (column groups
     that do not divide the columns, fewer vectors than centroids to fit a codebook, ...), before
     any Hessian is collected."""
-    from . import _core
+    from .. import _core
 
     M, N = int(out_features), int(in_features)
     try:

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import tensor_to_numpy
-from .quantize import LAYER_CONFIG_KEYS, QuantizedWeight
+from .._arrays import tensor_to_numpy
+from ..quant.quantize import LAYER_CONFIG_KEYS, QuantizedWeight
 
 __all__ = [
     "CheckpointExistsError",
@@ -263,7 +263,7 @@ def save_quantized(
     (then it must be empty or hold a ``config.json``, and is swapped out). Any failure, including
     KeyboardInterrupt, removes the temporary directory: no half-written checkpoint remains.
     """
-    from . import __version__
+    from .. import __version__
 
     if dtype not in _SAVE_DTYPES:
         raise ValueError(f"dtype: expected one of {sorted(_SAVE_DTYPES)}, got {dtype!r}")
@@ -585,7 +585,7 @@ def load_model(path: str | os.PathLike[str], *, dtype: str = "float32") -> tuple
     import torch
     import transformers
 
-    from .torch import QuantizedLinear
+    from ..runtime.torch import QuantizedLinear
 
     tdt = _torch_dtype(dtype)
     config, layers, tensors = load_quantized_state(path)

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from ._arrays import as_float_array, as_square_matrix, check_float, check_int
+from .. import _core
+from .._arrays import as_float_array, as_square_matrix, check_float, check_int
 
 __all__ = ["Hessian", "PreparedHessian", "prepare_hessian", "proxy_loss"]
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from ._arrays import as_float_array, check_float, check_int
+from .. import _core
+from .._arrays import as_float_array, check_float, check_int
 from .hessian import Hessian, hessian_for, prepare_hessian
 
 __all__ = ["ScalarQuantized", "gptq", "rtn"]

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .baselines import gptq, rtn
-from .config import QuantConfig
-from .hessian import proxy_loss
-from .quantize import quantize_weight
+from ..config import QuantConfig
+from ..quant.baselines import gptq, rtn
+from ..quant.hessian import proxy_loss
+from ..quant.quantize import quantize_weight
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Row:
 
 def cache_dir() -> Path:
     """``$VPTQ_CACHE`` or ``~/.cache/vptq`` (created)."""
-    from .calib import cache_dir as _cache_dir
+    from ..models.calib import cache_dir as _cache_dir
 
     return _cache_dir()
 
@@ -68,7 +68,7 @@ def smollm2_layers(blocks: Sequence[int] = (0, 15, 29), kinds: Sequence[str] = (
                    n_segments: int = 32, seq_len: int = 256, text_path: str | None = None,
                    seed: int = 0) -> list[Layer]:
     """Real SmolLM2-135M layers with Hessians from calibration text (cached under ~/.cache/vptq)."""
-    from . import calib
+    from ..models import calib
 
     key = hashlib.sha256(repr((tuple(blocks), tuple(kinds), n_segments, seq_len, text_path, seed)).encode())
     path = cache_dir() / f"smollm2-layers-{key.hexdigest()[:16]}.npz"
@@ -268,10 +268,10 @@ def run_model_demo(
     """
     import torch
 
-    from . import calib
-    from .evaluate import decode_speed, perplexity, tokenize
-    from .io import load_model, save_quantized
-    from .pipeline import quantize_model
+    from ..formats.checkpoint import load_model, save_quantized
+    from ..models import calib
+    from ..models.evaluate import decode_speed, perplexity, tokenize
+    from ..models.pipeline import quantize_model
 
     s = settings or ModelDemoSettings()
     for name in ("segments", "seq_len", "kmeans_iters", "eval_windows", "new_tokens"):
@@ -364,7 +364,7 @@ def run_model_demo(
 
 
 def _threads() -> int:
-    from . import get_num_threads
+    from .. import get_num_threads
 
     return get_num_threads()
 

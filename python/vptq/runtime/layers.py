@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _core
+from .. import _core
 
 if TYPE_CHECKING:
-    from .quantize import QuantizedWeight
+    from ..quant.quantize import QuantizedWeight
 
 __all__ = ["QuantizedLinear"]
 
@@ -89,7 +89,7 @@ class QuantizedLinear:
     def from_state_dict(cls, tensors: Mapping[str, Any], layer_config: Mapping[str, Any]) -> QuantizedLinear:
         """From the official tensors of one layer (numpy arrays or torch tensors, no prefix) and its
         ``config_for_layers`` entry; the layer ``bias`` tensor is used when present."""
-        from .quantize import QuantizedWeight
+        from ..quant.quantize import QuantizedWeight
 
         qw = QuantizedWeight.from_state_dict(tensors, layer_config)
         bias = tensors.get("bias") if isinstance(tensors, Mapping) else None
