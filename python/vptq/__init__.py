@@ -12,6 +12,7 @@ if _os.environ.get("VPTQ_EXT_DIR"):
 from . import _core
 from ._core import NumericalError
 from .config import PRESETS, QuantConfig
+from .errors import InputError
 from .formats.checkpoint import CheckpointExistsError, load_model, load_quantized_state, save_quantized
 from .models.evaluate import DecodeSpeed, PerplexityResult, decode_speed, perplexity
 from .models.pipeline import quantize_model
@@ -56,6 +57,7 @@ __all__ = [
     "CheckpointExistsError",
     "DecodeSpeed",
     "Hessian",
+    "InputError",
     "KMeansResult",
     "NumericalError",
     "PerplexityResult",

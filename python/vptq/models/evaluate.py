@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = ["DecodeSpeed", "PerplexityResult", "decode_speed", "perplexity", "tokenize"]
 
 
@@ -54,7 +56,7 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+        raise InputError(f"{name}: expected an int >= {minimum}, got {value}")
     return int(value)
 
 
@@ -63,9 +65,9 @@ def tokenize(tokenizer: Any, text: str | Sequence[int] | np.ndarray) -> np.ndarr
     or of a given 1-D sequence of ids (then ``tokenizer`` may be None)."""
     if isinstance(text, str):
         if not text.strip():
-            raise ValueError("text: expected non-empty text, got an empty or blank string")
+            raise InputError("text: expected non-empty text, got an empty or blank string")
         if tokenizer is None:
-            raise ValueError("tokenizer: needed to tokenize a text (or pass token ids instead of text)")
+            raise InputError("tokenizer: needed to tokenize a text (or pass token ids instead of text)")
         ids = tokenizer(text)["input_ids"]
     else:
         ids = text
@@ -75,9 +77,9 @@ def tokenize(tokenizer: Any, text: str | Sequence[int] | np.ndarray) -> np.ndarr
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
-        raise ValueError(f"token ids: expected a 1-D integer sequence, got shape {arr.shape}, dtype {arr.dtype}")
+        raise InputError(f"token ids: expected a 1-D integer sequence, got shape {arr.shape}, dtype {arr.dtype}")
     if arr.size == 0:
-        raise ValueError("text: expected at least one token, got none")
+        raise InputError("text: expected at least one token, got none")
     return arr.astype(np.int64)
 
 
@@ -111,7 +113,7 @@ def perplexity(
     ids = tokenize(tokenizer, text)
     windows = ids.size // seq_len
     if windows == 0:
-        raise ValueError(f"text has {ids.size} tokens, fewer than seq_len={seq_len}")
+        raise InputError(f"text has {ids.size} tokens, fewer than seq_len={seq_len}")
     if max_windows is not None:
         windows = min(windows, max_windows)
     data = torch.from_numpy(ids[: windows * seq_len].reshape(windows, seq_len))
@@ -220,3 +222,12 @@ def decode_speed(
         output_ids=gen,
         text=text,
     )
+
+
+def answer_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Generated token ids up to the first end-of-sequence token, decoded without special tokens."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    ids = list(ids)
+    if eos is not None and eos in ids:
+        ids = ids[: ids.index(eos)]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()

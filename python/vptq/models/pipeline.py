@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..config import QuantConfig
+from ..errors import InputError
 from ..quant.baselines import ScalarQuantized, gptq, rtn
 from ..quant.hessian import Hessian, proxy_loss
 from ..quant.quantize import QuantizedWeight, quantize_weight
@@ -48,7 +49,7 @@ def decoder_blocks(model: Any) -> tuple[str, list[Any]]:
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.ModuleList) and re.fullmatch(r"(.*\.)?layers", name) and len(mod) > 0:
             return name, list(mod)
-    raise ValueError(f"unsupported architecture {type(model).__name__}: no decoder block list "
+    raise InputError(f"unsupported architecture {type(model).__name__}: no decoder block list "
                      "(a ModuleList named 'layers') found")
 
 
@@ -83,7 +84,7 @@ def _check_config(config: Any) -> None:
     """Validate every config in ``config`` up front (bad presets fail before any work)."""
     if isinstance(config, Mapping):
         if not config:
-            raise ValueError("config: expected at least one pattern, got an empty mapping")
+            raise InputError("config: expected at least one pattern, got an empty mapping")
         for c in config.values():
             _check_config(c)
     elif config is not None:
@@ -103,16 +104,16 @@ def check_config_fits(config: QuantConfig, out_features: int, in_features: int) 
                               config.outlier_vector_len if config.has_outliers else 0,
                               config.outlier_centroids if config.has_outliers else 0, config.group_num)
     except ValueError as e:
-        raise ValueError(f"config {config.name} does not fit a {M}x{N} weight: {e}") from e
+        raise InputError(f"config {config.name} does not fit a {M}x{N} weight: {e}") from e
     n_vec = L["group_size"] * -(-M // L["v"])
     for what, k in (("centroids", L["k1"]), ("residual centroids", L["k2"])):
         if k > n_vec:
-            raise ValueError(f"config {config.name} does not fit a {M}x{N} weight: {k} {what} but only "
+            raise InputError(f"config {config.name} does not fit a {M}x{N} weight: {k} {what} but only "
                              f"{n_vec} vectors per group (use fewer centroids or fewer groups)")
     if L["k0"] > 0 and L["outlier_size"] > 0:
         n_out = L["outlier_size"] * -(-M // L["v0"])
         if L["k0"] > n_out:
-            raise ValueError(f"config {config.name} does not fit a {M}x{N} weight: {L['k0']} outlier "
+            raise InputError(f"config {config.name} does not fit a {M}x{N} weight: {L['k0']} outlier "
                              f"centroids but only {n_out} outlier vectors")
 
 
@@ -122,14 +123,14 @@ def _segments(tokenizer_or_segments: Any, calib_text: str | None, n_segments: in
         seg = tokenizer_or_segments
         seg = seg.detach().cpu().numpy() if hasattr(seg, "detach") else seg
         if seg.ndim != 2 or seg.dtype.kind not in "iu" or seg.size == 0:
-            raise ValueError(f"segments: expected a non-empty 2-D integer array [n, seq_len], got "
+            raise InputError(f"segments: expected a non-empty 2-D integer array [n, seq_len], got "
                              f"shape {seg.shape} dtype {seg.dtype}")
         return np.ascontiguousarray(seg, dtype=np.int64)
     from .calib import default_text, token_segments
 
     text = default_text() if calib_text is None else calib_text
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("calib_text: expected a non-empty string")
+        raise InputError("calib_text: expected a non-empty string")
     return token_segments(tokenizer_or_segments, text, n_segments, seq_len, seed)
 
 
@@ -193,9 +194,9 @@ def _load_block(path: Path, fingerprint: str) -> tuple[dict[str, Any], list[dict
             data = {k: z[k] for k in z.files}
         meta = json.loads(str(data.pop(_META_KEY)))
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"corrupt resume file {path}: {e}") from e
+        raise InputError(f"corrupt resume file {path}: {e}") from e
     if meta.get("fingerprint") != fingerprint:
-        raise ValueError(f"resume file {path} was written for a different model, calibration data or "
+        raise InputError(f"resume file {path} was written for a different model, calibration data or "
                          "settings; use another resume_dir or delete it")
     layers: dict[str, Any] = {}
     for name, m in meta["layers"].items():
@@ -228,7 +229,7 @@ def _quantize_linear(name: str, W: np.ndarray, H: Hessian, method: str, cfg: Qua
             ref = proxy_loss(W, np.zeros_like(W), Hm)
             rel = q.proxy_loss / ref if ref > 0 else None
     except (ValueError, TypeError) as e:
-        raise ValueError(f"layer {name} {tuple(W.shape)}: {e}") from e
+        raise InputError(f"layer {name} {tuple(W.shape)}: {e}") from e
     row = {
         "name": name,
         "shape": list(W.shape),
@@ -263,7 +264,7 @@ def _capture_inputs(model: Any, block0: Any, segments: np.ndarray, batch_size: i
     finally:
         handle.remove()
     if len(captured) != -(-len(segments) // batch_size):
-        raise ValueError(f"unsupported architecture {type(model).__name__}: decoder block 0 was not called")
+        raise InputError(f"unsupported architecture {type(model).__name__}: decoder block 0 was not called")
     return captured
 
 
@@ -304,7 +305,7 @@ class _HessianHooks:
 
     def hessian(self, name: str) -> Hessian:
         if name not in self.owner:
-            raise ValueError(f"layer {name} was not called by its decoder block (unsupported architecture)")
+            raise InputError(f"layer {name} was not called by its decoder block (unsupported architecture)")
         return self.hessians[self.owner[name]]
 
     def remove(self) -> None:
@@ -359,19 +360,19 @@ def quantize_model(
     name, shape, method, config, bits_per_weight, proxy_loss, relative_proxy_loss, seconds, block).
     """
     if method not in METHODS:
-        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+        raise InputError(f"method: expected one of {list(METHODS)}, got {method!r}")
     if method == "vptq":
         if config is None:
-            raise ValueError("config: method 'vptq' needs a QuantConfig, preset name or pattern mapping")
+            raise InputError("config: method 'vptq' needs a QuantConfig, preset name or pattern mapping")
         _check_config(config)
     else:
         if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-            raise ValueError(f"bits: expected an int in [1, 8], got {bits!r}")
+            raise InputError(f"bits: expected an int in [1, 8], got {bits!r}")
         if isinstance(group_size, bool) or not isinstance(group_size, int) or (group_size < 1 and group_size != -1):
-            raise ValueError(f"group_size: expected a positive int or -1, got {group_size!r}")
+            raise InputError(f"group_size: expected a positive int or -1, got {group_size!r}")
         config = None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        raise InputError(f"batch_size: expected a positive int, got {batch_size!r}")
     prefix, blocks = decoder_blocks(model)
     segments = _segments(tokenizer_or_segments, calib_text, n_segments, seq_len, seed)
 
@@ -384,7 +385,7 @@ def quantize_model(
         names_per_block.append(lin)
     total = sum(len(b) for b in names_per_block)
     if total == 0:
-        raise ValueError("config: no decoder Linear matches any pattern")
+        raise InputError("config: no decoder Linear matches any pattern")
     if method == "vptq":  # fail before any calibration work
         for lin in names_per_block:
             for name, mod in lin.items():
@@ -393,7 +394,7 @@ def quantize_model(
                     try:
                         check_config_fits(cfg, mod.out_features, mod.in_features)
                     except ValueError as e:
-                        raise ValueError(f"layer {name}: {e}") from e
+                        raise InputError(f"layer {name}: {e}") from e
 
     rdir = None
     fingerprint = ""
@@ -422,7 +423,7 @@ def quantize_model(
             if done is not None and done.is_file():
                 layers, rows = _load_block(done, fingerprint)
                 if set(layers) != set(linears):
-                    raise ValueError(f"resume file {done} holds layers {sorted(layers)}, expected {sorted(linears)}")
+                    raise InputError(f"resume file {done} holds layers {sorted(layers)}, expected {sorted(linears)}")
                 fp_out = None if sequential else _run_block(block, inputs)
                 for name, q in layers.items():
                     _set_weight(linears[name], q.dequantize())

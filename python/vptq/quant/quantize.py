@@ -11,6 +11,7 @@ import numpy as np
 from .. import _core
 from .._arrays import as_float_array, tensor_to_numpy
 from ..config import QuantConfig
+from ..errors import InputError
 from .hessian import Hessian, hessian_for, prepare_hessian, proxy_loss
 
 #: Keys of the official per-layer config (``quantization_config.config_for_layers[name]``).
@@ -27,10 +28,10 @@ def _as_codebook(t: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
     if a.dtype.kind != "f":
         raise TypeError(f"state dict entry {name!r}: expected a float tensor, got dtype {a.dtype}")
     if a.shape != shape:
-        raise ValueError(f"state dict entry {name!r}: expected shape {shape}, got {a.shape}")
+        raise InputError(f"state dict entry {name!r}: expected shape {shape}, got {a.shape}")
     a = np.ascontiguousarray(a, dtype=np.float32)
     if not np.isfinite(a).all():
-        raise ValueError(f"state dict entry {name!r} contains NaN or Inf")
+        raise InputError(f"state dict entry {name!r} contains NaN or Inf")
     return a
 
 
@@ -40,7 +41,7 @@ def _as_bits(t: Any, name: str, shape: tuple[int, ...], dtypes: tuple[type, ...]
         raise TypeError(f"state dict entry {name!r}: expected dtype {'/'.join(np.dtype(d).name for d in dtypes)}, "
                         f"got {a.dtype}")
     if a.shape != shape:
-        raise ValueError(f"state dict entry {name!r}: expected shape {shape}, got {a.shape}")
+        raise InputError(f"state dict entry {name!r}: expected shape {shape}, got {a.shape}")
     return np.ascontiguousarray(a).view(view)
 
 
@@ -89,7 +90,7 @@ class QuantizedWeight:
         self.relative_proxy_loss: float | None = None
         self.stats: dict[str, Any] = {}
         if (scale is None) != (bias is None):
-            raise ValueError("scale and bias must both be given (enable_norm) or both be None")
+            raise InputError("scale and bias must both be given (enable_norm) or both be None")
         if validate:
             _core.check_weights(self.layout, *self._arrays())
 
@@ -178,7 +179,7 @@ class QuantizedWeight:
         """Official tensors of this layer (no ``bias``, no prefix): packed int32 indices,
         int16 outlier indices and perm (uint16 bit patterns), codebooks/scale/bias in ``dtype``."""
         if dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"state_dict dtype: expected one of {sorted(_FLOAT_DTYPES)}, got {dtype!r}")
+            raise InputError(f"state_dict dtype: expected one of {sorted(_FLOAT_DTYPES)}, got {dtype!r}")
         fdt = _FLOAT_DTYPES[dtype]
         L = self.layout
         G = L["group_num"]
@@ -209,11 +210,11 @@ class QuantizedWeight:
             raise TypeError(f"layer_config: expected a mapping, got {type(layer_config).__name__}")
         missing = [k for k in LAYER_CONFIG_KEYS if k not in layer_config and k not in ("bias", "indices_as_float")]
         if missing:
-            raise ValueError(f"layer_config is missing keys {missing}")
+            raise InputError(f"layer_config is missing keys {missing}")
         if layer_config.get("indices_as_float", False):
-            raise ValueError("layer_config: indices_as_float=true (legacy) is not supported")
+            raise InputError("layer_config: indices_as_float=true (legacy) is not supported")
         if not layer_config["is_indice_packed"]:
-            raise ValueError("layer_config: only packed indices (is_indice_packed=true) are supported")
+            raise InputError("layer_config: only packed indices (is_indice_packed=true) are supported")
         v0, v = (int(x) for x in layer_config["vector_lens"])
         k0, k1 = (int(x) for x in layer_config["num_centroids"])
         k2 = int(layer_config["num_res_centroids"][1])
@@ -236,7 +237,7 @@ class QuantizedWeight:
             required += ["weight_scale", "weight_bias"]
         absent = [k for k in required if k not in tensors]
         if absent:
-            raise ValueError(f"state dict is missing tensors {absent}")
+            raise InputError(f"state dict is missing tensors {absent}")
         G, R, N = L["group_num"], L["num_indices"], L["N"]
         centroids = _as_codebook(tensors["centroids.weight"], "centroids.weight", (G, L["k1"] * L["v"]))
         packed = _as_bits(tensors["indices"], "indices", (G, R, L["packed_words"]), (np.int32, np.uint32), np.uint32)
@@ -286,7 +287,7 @@ def quantize_weight(
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config: expected a QuantConfig or preset name, got {type(config).__name__}")
     if storage_dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"storage_dtype: expected one of {sorted(_FLOAT_DTYPES)}, got {storage_dtype!r}")
+        raise InputError(f"storage_dtype: expected one of {sorted(_FLOAT_DTYPES)}, got {storage_dtype!r}")
     Wf = as_float_array(W, "W", ndim=2)
     Hm = hessian_for(H, Wf.shape)
     prep = prepare_hessian(Hm, percdamp=config.percdamp, act_order=config.enable_perm)
