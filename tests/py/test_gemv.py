@@ -1,4 +1,4 @@
-"""vptq.QuantizedLinear / vptq.torch.QuantizedLinear: fused GEMV vs dense dequantize-then-matmul,
+"""vptq.QuantizedLinear / vptq.runtime.torch.QuantizedLinear: fused GEMV vs dense dequantize-then-matmul,
 SIMD levels vs scalar, thread determinism, shapes/dtypes/no-copy, bad input."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PyTorch face: ``vptq.torch.QuantizedLinear``, an ``nn.Module`` drop-in for ``nn.Linear``
+"""PyTorch face: ``vptq.runtime.torch.QuantizedLinear``, an ``nn.Module`` drop-in for ``nn.Linear``
 running the fused VPTQ CPU kernel.
 
 This module imports without torch; torch is imported when ``QuantizedLinear`` is first
@@ -22,7 +22,7 @@ def _build_class() -> Any:
     try:
         import torch
     except ImportError as e:  # pragma: no cover - exercised only without torch
-        raise ImportError("vptq.torch.QuantizedLinear needs PyTorch: pip install 'vptq[torch]'") from e
+        raise ImportError("vptq.runtime.torch.QuantizedLinear needs PyTorch: pip install 'vptq[torch]'") from e
     import numpy as np
     from torch import nn
 
@@ -40,8 +40,11 @@ def _build_class() -> Any:
                 if bias is not None:
                     raise ValueError("bias: pass it to the numpy QuantizedLinear, not again here")
                 self.inner = qweight
+                #: the QuantizedWeight this layer runs (what fine-tuning trains), None when built from a plan
+                self.qweight = None
             else:
                 self.inner = _NumpyQuantizedLinear(qweight, bias)
+                self.qweight = qweight
             self.in_features = self.inner.in_features
             self.out_features = self.inner.out_features
             b = self.inner.bias
@@ -104,4 +107,4 @@ def _build_class() -> Any:
 def __getattr__(name: str) -> Any:
     if name == "QuantizedLinear":
         return _build_class()
-    raise AttributeError(f"module 'vptq.torch' has no attribute {name!r}")
+    raise AttributeError(f"module 'vptq.runtime.torch' has no attribute {name!r}")
