@@ -4,7 +4,6 @@ export through the official format, and a real optimisation step."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import vptq
+from tiny_hf import one_thread  # noqa: F401 (a fixture)
 from vptq import QuantConfig, QuantizedWeight, quantize_weight
 from vptq.runtime.torch import QuantizedLinear
 from vptq.runtime.trainable import TrainableQuantizedLinear, freeze, make_trainable
@@ -23,15 +23,7 @@ QW_ARRAYS = ("centroids", "indices", "res_centroids", "res_indices", "outlier_ce
 TRAINABLE = ("centroids", "res_centroids", "outlier_centroids", "weight_scale", "weight_bias")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny layers: threads only add noise (results do not depend on them)."""
-    n, n_torch = vptq.get_num_threads(), torch.get_num_threads()
-    vptq.set_num_threads(1)
-    torch.set_num_threads(1)
-    yield
-    vptq.set_num_threads(n)
-    torch.set_num_threads(n_torch)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny layers: threads only add noise
 
 
 def random_layer(M: int, N: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
