@@ -29,12 +29,14 @@ from ..errors import InputError
 from ..quant.baselines import ScalarQuantized, gptq, rtn
 from ..quant.hessian import Hessian, proxy_loss
 from ..quant.quantize import QuantizedWeight, quantize_weight
+from .blockwise import BlockFinetune, block_norm_parameters, finetune_block
 
 __all__ = ["METHODS", "check_config_fits", "decoder_blocks", "quantize_model", "resolve_config"]
 
 METHODS = ("vptq", "gptq", "rtn")
 _BLOCK_FILE = "block_{:04d}.npz"
 _META_KEY = "__meta__"
+_NORMS_KEY = "__norms__"  # resume-file key prefix of a fine-tuned block's norm weights
 
 
 class _Captured(Exception):
@@ -143,14 +145,16 @@ def _config_json(config: Any) -> Any:
 
 
 def _fingerprint(model: Any, segments: np.ndarray, config: Any, method: str, bits: int, group_size: int,
-                 sequential: bool) -> str:
+                 sequential: bool, finetune: BlockFinetune | None = None, batch_size: int = 0) -> str:
     h = hashlib.sha256()
     h.update(segments.tobytes())
     _, blocks = decoder_blocks(model)
     for _, p in sorted(blocks[0].named_parameters()):  # identifies the source weights cheaply
         h.update(p.detach().float().contiguous().numpy().tobytes())
-    h.update(json.dumps([type(model).__name__, _config_json(config), method, bits, group_size, sequential],
-                        sort_keys=True).encode())
+    key: list[Any] = [type(model).__name__, _config_json(config), method, bits, group_size, sequential]
+    if finetune is not None:  # fine-tuning steps on the calibration batches: their size matters too
+        key += [{"block_finetune": finetune.to_dict(), "batch_size": batch_size}]
+    h.update(json.dumps(key, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -159,9 +163,13 @@ def _output(out: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- resume io
-def _save_block(path: Path, fingerprint: str, layers: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """Write one finished block atomically (temp file + rename) as a single .npz."""
+def _save_block(path: Path, fingerprint: str, layers: dict[str, Any], rows: list[dict[str, Any]],
+                norms: Mapping[str, np.ndarray] | None = None) -> None:
+    """Write one finished block atomically (temp file + rename) as a single .npz; ``norms``: the
+    block's norm weights by full name (fine-tuned blocks), stored exactly (float32)."""
     arrays: dict[str, np.ndarray] = {}
+    for name, a in (norms or {}).items():
+        arrays[f"{_NORMS_KEY}/{name}"] = np.ascontiguousarray(a, dtype=np.float32)
     meta: dict[str, Any] = {"fingerprint": fingerprint, "rows": rows, "layers": {}}
     for name, q in layers.items():
         if isinstance(q, QuantizedWeight):
@@ -188,7 +196,8 @@ def _save_block(path: Path, fingerprint: str, layers: dict[str, Any], rows: list
         raise
 
 
-def _load_block(path: Path, fingerprint: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _load_block(path: Path, fingerprint: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, np.ndarray]]:
+    """(layers, report rows, norm weights by full name) of a block saved by :func:`_save_block`."""
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -198,6 +207,7 @@ def _load_block(path: Path, fingerprint: str) -> tuple[dict[str, Any], list[dict
     if meta.get("fingerprint") != fingerprint:
         raise InputError(f"resume file {path} was written for a different model, calibration data or "
                          "settings; use another resume_dir or delete it")
+    norms = {k.split("/", 1)[1]: a for k, a in data.items() if k.startswith(f"{_NORMS_KEY}/")}
     layers: dict[str, Any] = {}
     for name, m in meta["layers"].items():
         t = {k.split("/", 1)[1]: a for k, a in data.items() if k.split("/", 1)[0] == name}
@@ -210,7 +220,7 @@ def _load_block(path: Path, fingerprint: str) -> tuple[dict[str, Any], list[dict
                                 bits=m["bits"], group_size=m["group_size"], method=m["method"],
                                 proxy_loss=m["proxy_loss"], damp=m["damp"])
         layers[name] = q
-    return layers, meta["rows"]
+    return layers, meta["rows"], norms
 
 
 # -------------------------------------------------------------------------------------- quantization
@@ -327,6 +337,24 @@ def _set_weight(lin: Any, W: np.ndarray) -> None:
         lin.weight.copy_(torch.from_numpy(W).to(lin.weight.dtype))
 
 
+def _finetune(block: Any, index: int, linears: dict[str, Any], layers: dict[str, Any], rows: list[dict[str, Any]],
+              originals: dict[str, np.ndarray], collector: _HessianHooks, inputs: list[tuple[Any, dict]],
+              outs: list[tuple[Any, dict]], settings: BlockFinetune, bar: Any) -> None:
+    """Fine-tune a just-quantized block; updates ``layers`` (fine-tuned weights, proxy losses re-measured)
+    and adds ``block_finetune`` to the block's report ``rows``."""
+    if bar is not None:
+        bar.set_postfix_str(f"fine-tuning block {index}")
+    stats = finetune_block(block, linears, layers, inputs, outs, settings, block_index=index).to_dict()
+    for row in rows:
+        q = layers[row["name"]]
+        if stats["kept"]:  # the weight changed: measure its proxy loss again (tr(W H Wᵀ) is unchanged)
+            W = originals[row["name"]]
+            ref = row["proxy_loss"] / row["relative_proxy_loss"] if row["relative_proxy_loss"] else None
+            q.proxy_loss = proxy_loss(W, q.dequantize(), collector.hessian(row["name"]))
+            q.relative_proxy_loss = q.proxy_loss / ref if ref else None
+        row["block_finetune"] = {**stats, "proxy_loss": q.proxy_loss, "relative_proxy_loss": q.relative_proxy_loss}
+
+
 def quantize_model(
     model: Any,
     tokenizer_or_segments: Any,
@@ -343,6 +371,7 @@ def quantize_model(
     progress: bool = True,
     resume_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 4,
+    finetune: BlockFinetune | None = None,
 ) -> tuple[dict[str, QuantizedWeight | ScalarQuantized], list[dict[str, Any]]]:
     """Quantize every decoder Linear of a transformers causal LM in place, block by block.
 
@@ -356,8 +385,20 @@ def quantize_model(
     weight is replaced by its dequantized matrix. ``resume_dir``: each finished block is saved
     there and skipped on a rerun with the same model, data and settings.
 
+    ``finetune`` (``method="vptq"`` only, float32 model): right after a block is quantized, its
+    codebooks, per-column scale/bias and norm weights are trained to reproduce the full-precision
+    block's outputs on the calibration batches (:func:`vptq.models.blockwise.finetune_block`; one
+    Adam step per batch of ``batch_size`` segments); the next block is calibrated on the
+    fine-tuned block's outputs (``sequential``). The returned weights, the model's Linear weights
+    and its norm weights are the fine-tuned values rounded as a float16 checkpoint stores them;
+    each QuantizedWeight's proxy loss is re-measured after fine-tuning. Resume files then also
+    hold the block's norm weights, and the fingerprint covers the fine-tuning settings.
+
     Returns ({full name: QuantizedWeight or ScalarQuantized}, per-layer report rows with
-    name, shape, method, config, bits_per_weight, proxy_loss, relative_proxy_loss, seconds, block).
+    name, shape, method, config, bits_per_weight, proxy_loss, relative_proxy_loss, seconds, block;
+    with ``finetune`` also ``block_finetune``: the block's :class:`FinetuneStats` as a dict plus
+    the layer's proxy_loss/relative_proxy_loss after fine-tuning). ``proxy_loss`` and ``seconds``
+    of a row are those of the quantization itself.
     """
     if method not in METHODS:
         raise InputError(f"method: expected one of {list(METHODS)}, got {method!r}")
@@ -373,7 +414,20 @@ def quantize_model(
         config = None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if finetune is not None:
+        if not isinstance(finetune, BlockFinetune):
+            raise TypeError(f"finetune: expected None or a vptq.models.blockwise.BlockFinetune, got "
+                            f"{type(finetune).__name__}")
+        if method != "vptq":
+            raise InputError(f"finetune: block-wise fine-tuning needs method 'vptq', got {method!r}")
+    import torch
+
     prefix, blocks = decoder_blocks(model)
+    if finetune is not None:
+        dtypes = sorted({str(p.dtype) for b in blocks for p in b.parameters() if p.dtype != torch.float32})
+        if dtypes:
+            raise InputError(f"finetune: block-wise fine-tuning needs a float32 model, got parameters of dtype "
+                             f"{dtypes}")
     segments = _segments(tokenizer_or_segments, calib_text, n_segments, seq_len, seed)
 
     names_per_block: list[dict[str, Any]] = []
@@ -401,7 +455,8 @@ def quantize_model(
     if resume_dir is not None:
         rdir = Path(resume_dir)
         rdir.mkdir(parents=True, exist_ok=True)
-        fingerprint = _fingerprint(model, segments, config, method, bits, group_size, sequential)
+        fingerprint = _fingerprint(model, segments, config, method, bits, group_size, sequential, finetune,
+                                   batch_size)
 
     bar = None
     if progress:
@@ -420,13 +475,20 @@ def quantize_model(
         for i, block in enumerate(blocks[:last + 1]):
             linears = names_per_block[i]
             done = rdir / _BLOCK_FILE.format(i) if rdir is not None else None
+            norms = {f"{prefix}.{i}.{n}": p for n, p in block_norm_parameters(block).items()}
             if done is not None and done.is_file():
-                layers, rows = _load_block(done, fingerprint)
+                layers, rows, saved_norms = _load_block(done, fingerprint)
                 if set(layers) != set(linears):
                     raise InputError(f"resume file {done} holds layers {sorted(layers)}, expected {sorted(linears)}")
+                if finetune is not None and set(saved_norms) != set(norms):
+                    raise InputError(f"resume file {done} holds norm weights {sorted(saved_norms)}, expected "
+                                     f"{sorted(norms)}")
                 fp_out = None if sequential else _run_block(block, inputs)
                 for name, q in layers.items():
                     _set_weight(linears[name], q.dequantize())
+                with torch.no_grad():
+                    for name, a in saved_norms.items():
+                        norms[name].copy_(torch.from_numpy(a).to(norms[name].dtype))
                 quantized.update(layers)
                 report.extend(rows)
                 if bar is not None:
@@ -441,6 +503,7 @@ def quantize_model(
                 collector.remove()
             block_layers: dict[str, Any] = {}
             block_rows: list[dict[str, Any]] = []
+            originals: dict[str, np.ndarray] = {}  # full-precision weights, for the proxy loss after fine-tuning
             for name, lin in linears.items():
                 if bar is not None:
                     bar.set_postfix_str(name)
@@ -448,14 +511,20 @@ def quantize_model(
                 q, row = _quantize_linear(name, W, collector.hessian(name), method, configs.get(name), bits,
                                           group_size)
                 row["block"] = i
+                if finetune is not None:
+                    originals[name] = W.copy()  # W may share memory with lin.weight
                 _set_weight(lin, q.dequantize())
                 block_layers[name] = q
                 block_rows.append(row)
                 if bar is not None:
                     bar.update(1)
+            if finetune is not None and block_layers:
+                _finetune(block, i, linears, block_layers, block_rows, originals, collector, inputs, outs, finetune,
+                          bar)
             del collector
             if done is not None:
-                _save_block(done, fingerprint, block_layers, block_rows)
+                saved = {n: p.detach().float().numpy() for n, p in norms.items()} if finetune is not None else None
+                _save_block(done, fingerprint, block_layers, block_rows, saved)
             quantized.update(block_layers)
             report.extend(block_rows)
             inputs = _run_block(block, inputs) if sequential else outs
